@@ -1,0 +1,177 @@
+"""Running the gateway: uvicorn for the proxy and the admin app, signals, reload.
+
+One process serves both ports from one event loop. The gateway installs its
+own signal handlers (uvicorn's would re-raise SIGTERM after shutdown and exit
+non-zero): SIGTERM/SIGINT stop accepting and let in-flight requests finish
+within ``server.shutdown_grace``; SIGHUP reloads the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Generator
+from typing import Any
+
+import uvicorn
+
+from gateway.admin import create_admin_app
+from gateway.app import GatewayApp
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.proxy import UpstreamAborted
+
+log = logging.getLogger("gateway")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # GatewayProcess owns the signal handlers
+
+
+class _AbortFilter(logging.Filter):
+    """Turns uvicorn's traceback for a deliberately cut response into one warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamAborted):
+            record.msg = "response cut short: %s"
+            record.args = (exc,)
+            record.exc_info = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+def configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("uvicorn.error").addFilter(_AbortFilter())
+
+
+def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="none",  # the caller's loop (uvloop) is already running
+        http="httptools",
+        ws="none",
+        lifespan=extra.pop("lifespan", "off"),
+        proxy_headers=False,  # the gateway decides whom to believe (trusted_proxies)
+        server_header=False,
+        access_log=False,
+        log_config=None,
+        backlog=4096,
+        **extra,
+    )
+
+
+class GatewayProcess:
+    """One serving process: the proxy, the admin app, reload and shutdown."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.app = GatewayApp(config)
+        self.main: _Server | None = None
+        self.admin: _Server | None = None
+        self.stopping = False
+        self._reload_lock = asyncio.Lock()
+        self._retire_tasks: set[asyncio.Task[None]] = set()
+
+    async def readiness(self) -> dict[str, Any]:
+        runtime = self.app.runtime
+        checks: dict[str, Any] = {"config": runtime is not None}
+        if self.stopping:
+            checks["shutting_down"] = True
+        ready = bool(runtime is not None) and not self.stopping
+        return {"ready": ready, "checks": checks}
+
+    async def reload(self) -> tuple[bool, list[str]]:
+        """Loads the config file again; an invalid file leaves the old config serving."""
+        if self.config_path is None:
+            return False, ["the gateway was not started from a file"]
+        async with self._reload_lock:
+            try:
+                config = load_config(self.config_path)
+            except ConfigError as exc:
+                for line in exc.errors:
+                    log.error("reload rejected: %s", line)
+                return False, exc.errors
+            old = self.app.runtime
+            dropped = self.app.install(config)
+            log.info("config reloaded from %s", self.config_path)
+            if old is not None and dropped:
+                task = asyncio.create_task(self._retire(old, dropped))
+                self._retire_tasks.add(task)
+                task.add_done_callback(self._retire_tasks.discard)
+            return True, []
+
+    async def _retire(self, old: Any, dropped: list[Any]) -> None:
+        # Requests that started under the old config finish with its upstreams.
+        deadline = asyncio.get_running_loop().time() + max(
+            (u.config.timeouts.read for u in dropped), default=30.0
+        )
+        # Polling: the request path must not pay for signalling "last one out".
+        while old.inflight > 0 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        for upstream in dropped:
+            await upstream.aclose()
+
+    def stop(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info("stopping: draining in-flight requests")
+        if self.main is not None:
+            self.main.should_exit = True
+
+    async def serve(
+        self,
+        sockets: list[socket.socket] | None = None,
+        admin_sockets: list[socket.socket] | None = None,
+    ) -> None:
+        config = self.app.config
+        server = config.server
+        self.main = _Server(
+            uvicorn_config(
+                self.app,
+                server.host,
+                server.port,
+                lifespan="on",
+                timeout_graceful_shutdown=server.shutdown_grace,
+            )
+        )
+        admin_app = create_admin_app(readiness=self.readiness, reload=self.reload)
+        self.admin = _Server(uvicorn_config(admin_app, config.admin.host, config.admin.port))
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        admin_task = asyncio.create_task(self.admin.serve(admin_sockets))
+        try:
+            await self.main.serve(sockets)
+        finally:
+            self.admin.should_exit = True
+            await admin_task
+            for task in list(self._retire_tasks):
+                task.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+
+def run(config: GatewayConfig, config_path: str | None) -> int:
+    """Serves until stopped; the process exit code."""
+    import uvloop
+
+    configure_logging(config.logging.level)
+    process = GatewayProcess(config, config_path)
+    uvloop.run(process.serve())
+    return 0
