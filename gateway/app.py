@@ -10,6 +10,8 @@ keeps the runtime it started with even if a reload swaps in a new one.
 from __future__ import annotations
 
 import logging
+import time
+from email.utils import formatdate
 from random import getrandbits
 from typing import Any
 
@@ -69,6 +71,19 @@ class Exchange:
         self.started = False  # the response head went out
         self.error_code: str | None = None
         self.target = ""
+
+
+_date_cache: list[Any] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The current Date header value, formatted at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
+    value: bytes = _date_cache[1]
+    return value
 
 
 def new_request_id() -> str:
@@ -164,6 +179,7 @@ class GatewayApp:
         path = scope.get("raw_path") or b"/"
         body = renderer.render(err, path.decode("latin-1"), ex.request_id)
         headers = [
+            (b"date", http_date()),
             (b"content-type", renderer.content_type),
             (b"content-length", str(len(body)).encode("ascii")),
             (runtime.request_id_header, ex.request_id.encode("ascii")),

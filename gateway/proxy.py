@@ -213,9 +213,11 @@ async def stream_back(
 
         async def watch() -> None:
             nonlocal gone
-            message = await receive()
+            # First comes any unread (empty) request body, then the disconnect.
+            while (await receive())["type"] != "http.disconnect":
+                pass
             # The server also says "disconnect" once the response is complete.
-            if message["type"] == "http.disconnect" and not sent_all:
+            if not sent_all:
                 gone = True
                 await response.aclose()
 

@@ -147,6 +147,8 @@ class GatewayProcess:
                 server.port,
                 lifespan="on",
                 timeout_graceful_shutdown=server.shutdown_grace,
+                # Proxied responses carry the upstream's Date; errors get the gateway's.
+                date_header=False,
             )
         )
         admin_app = create_admin_app(readiness=self.readiness, reload=self.reload)

@@ -1,0 +1,36 @@
+"""Shared fixtures: real upstream servers and the gateway as a real process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.gateway import Gateway
+from tests.support.upstream import Upstream
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    server = Upstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    """Starts gateways from config dicts; every one is stopped at the end of the test."""
+    started: list[Gateway] = []
+
+    def start(config: dict[str, Any], **kwargs: Any) -> Gateway:
+        workdir = tmp_path / f"gw{len(started)}"
+        workdir.mkdir()
+        gw = Gateway(config, workdir, **kwargs)
+        started.append(gw)
+        return gw.start()
+
+    yield start
+    for gw in started:
+        gw.stop()
