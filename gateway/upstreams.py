@@ -12,20 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from typing import Literal
-from urllib.parse import urlsplit
 
 from gateway.breaker import BreakerState, CircuitBreaker
+from gateway.config import Balance
 
-__all__ = ["Balance", "Target", "Upstream"]
-
-Balance = Literal["round_robin", "least_inflight"]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+__all__ = ["Target", "Upstream"]
 
 
 class Target:
-    """One backend address of an upstream, with its live state."""
+    """One backend address of an upstream (as parsed by the config), with its live state."""
 
     __slots__ = (
         "base_path",
@@ -49,7 +44,7 @@ class Target:
         breaker: CircuitBreaker | None = None,
         label: str | None = None,
     ) -> None:
-        if scheme not in _DEFAULT_PORTS:
+        if scheme not in ("http", "https"):
             raise ValueError(f"target scheme must be http or https, got {scheme!r}")
         self.scheme = scheme
         self.host = host
@@ -60,35 +55,8 @@ class Target:
         self.inflight = 0  # requests picked and not yet released
         netloc = f"[{host}]" if ":" in host else host
         self.origin = f"{scheme}://{netloc}:{port}"
-        # The metrics label: the target as configured, a bounded value.
+        # The metrics label: pass the target URL as configured; a bounded value either way.
         self.label = label if label is not None else self.origin + self.base_path
-
-    @classmethod
-    def from_url(cls, url: str, *, breaker: CircuitBreaker | None = None) -> Target:
-        """Parse a configured target such as ``http://10.0.0.5:8001/base``.
-
-        Raises ValueError for anything but a plain http(s) URL with a host: no user info,
-        query or fragment.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
-            raise ValueError(f"target {url!r}: expected http(s)://host[:port][/path]")
-        if parts.username is not None or parts.query or parts.fragment:
-            raise ValueError(f"target {url!r}: user info, query and fragment are not allowed")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"target {url!r}: {exc}") from None
-        if port == 0:
-            raise ValueError(f"target {url!r}: port 0")
-        return cls(
-            scheme=parts.scheme,
-            host=parts.hostname,
-            port=port if port is not None else _DEFAULT_PORTS[parts.scheme],
-            base_path=parts.path,
-            breaker=breaker,
-            label=url,
-        )
 
     def __repr__(self) -> str:
         return f"<Target {self.label} healthy={self.healthy} inflight={self.inflight}>"

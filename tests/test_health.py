@@ -48,7 +48,7 @@ class HealthServer:
             await runner.cleanup()
 
     def target(self, base_path: str = "") -> Target:
-        return Target.from_url(f"http://127.0.0.1:{self.port}{base_path}")
+        return Target(scheme="http", host="127.0.0.1", port=self.port, base_path=base_path)
 
     async def _health(self, request: web.Request) -> web.Response:
         self.received += 1
@@ -57,6 +57,11 @@ class HealthServer:
         status = self.status
         self.served[status] += 1
         return web.Response(status=status, text="health")
+
+
+def unreached_target() -> Target:
+    """A target the test never connects to: its probe is injected."""
+    return Target(scheme="http", host="127.0.0.1", port=9)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -219,14 +224,11 @@ async def test_slow_health_endpoint_counts_as_down(
 async def test_a_raising_probe_counts_as_failed_and_checks_go_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    target = Target.from_url("http://127.0.0.1:1")
+    target = unreached_target()
     upstream = Upstream("users", [target])
     broken = True
-    calls = 0
 
     async def probe(_: Target) -> bool:
-        nonlocal calls
-        calls += 1
         if broken:
             raise RuntimeError("probe bug")
         return True
@@ -301,7 +303,7 @@ async def test_aclose_does_not_swallow_its_own_cancellation() -> None:
             raise
         return True
 
-    upstream = Upstream("users", [Target.from_url("http://127.0.0.1:1")])
+    upstream = Upstream("users", [unreached_target()])
     checks = HealthChecker(upstream, probe, interval=1.0, rng=lambda: 0.0)
     checks.start()
     await probing.wait()
@@ -315,7 +317,7 @@ async def test_aclose_does_not_swallow_its_own_cancellation() -> None:
 
 
 def test_rejects_bad_settings() -> None:
-    upstream = Upstream("users", [Target.from_url("http://127.0.0.1:1")])
+    upstream = Upstream("users", [unreached_target()])
 
     async def probe(_: Target) -> bool:
         return True
