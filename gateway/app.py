@@ -13,11 +13,13 @@ import logging
 import time
 from email.utils import formatdate
 from random import getrandbits
+from time import monotonic, perf_counter
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry
 
-from gateway import proxy
+from gateway import accesslog, proxy
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
@@ -29,11 +31,11 @@ from gateway.errors import (
     NotFound,
     PayloadTooLarge,
 )
+from gateway.metrics import Metrics
 from gateway.paths import normalize_path
 from gateway.proxy import ClientDisconnected, Receive, Scope, Send, UpstreamAborted
 from gateway.routing import host_without_port
 from gateway.runtime import SANE_REQUEST_ID, RouteRuntime, Runtime, build_runtime
-from gateway.urls import UpstreamURL
 
 log = logging.getLogger("gateway")
 
@@ -61,7 +63,18 @@ _TE_CHUNKED = (b"transfer-encoding", b"chunked")
 class Exchange:
     """What the access log and metrics need to know about one request."""
 
-    __slots__ = ("client_ip", "error_code", "request_id", "route", "started", "status", "target")
+    __slots__ = (
+        "client_ip",
+        "error_code",
+        "error_source",
+        "path",
+        "rate_limit",
+        "request_id",
+        "route",
+        "started",
+        "status",
+        "target",
+    )
 
     def __init__(self) -> None:
         self.client_ip = ""
@@ -70,7 +83,10 @@ class Exchange:
         self.request_id = ""
         self.started = False  # the response head went out
         self.error_code: str | None = None
-        self.target = ""
+        self.error_source = "gateway"
+        self.target: str | None = None
+        self.path: str | None = None
+        self.rate_limit: str | None = None  # the decision, for the access log
 
 
 _date_cache: list[Any] = [0, b""]
@@ -94,8 +110,9 @@ def new_request_id() -> str:
 class GatewayApp:
     """The proxy's ASGI app. ``runtime`` is swapped whole on reload."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics(CollectorRegistry())
         self.runtime: Runtime | None = None
         self.special: dict[bytes, int] = {}
 
@@ -106,7 +123,9 @@ class GatewayApp:
 
     def install(self, config: GatewayConfig) -> list[Any]:
         """Swaps in a runtime for ``config``; returns the upstreams it retired."""
-        runtime, dropped = build_runtime(config, self.runtime)
+        runtime, dropped = build_runtime(config, self.metrics, self.runtime)
+        for upstream in runtime.upstreams.values():
+            upstream.start()  # health checks of new upstreams; kept ones already run
         special = dict(_SPECIAL_BASE)
         special[runtime.request_id_header] = _RID
         self.config = config
@@ -151,6 +170,9 @@ class GatewayApp:
         runtime = self.runtime
         assert runtime is not None, "lifespan startup has not run"
         runtime.inflight += 1
+        in_flight = self.metrics.in_flight
+        in_flight.inc()
+        started = perf_counter()
         ex = Exchange()
         try:
             await self._proxy(runtime, ex, scope, receive, send)
@@ -169,6 +191,35 @@ class GatewayApp:
             await self._send_error(runtime, ex, scope, send, InternalError())
         finally:
             runtime.inflight -= 1
+            in_flight.dec()
+            self._account(runtime, ex, scope, perf_counter() - started)
+
+    def _account(self, runtime: Runtime, ex: Exchange, scope: Scope, elapsed: float) -> None:
+        """Metrics and the access-log line of one finished request."""
+        route = ex.route
+        metrics = route.metrics if route is not None else runtime.unmatched
+        method: str = scope["method"]
+        per_method = metrics.methods[method]
+        per_method.duration.observe(elapsed)
+        per_method.requests[ex.status].inc()
+        if ex.error_code is not None:
+            metrics.errors[(ex.error_code, ex.error_source)].inc()
+        if accesslog.enabled():
+            accesslog.write(
+                accesslog.line(
+                    request_id=ex.request_id,
+                    route=route.name if route is not None else None,
+                    method=method,
+                    path=ex.path or scope["raw_path"].decode("latin-1"),
+                    status=ex.status,
+                    upstream=route.upstream.name if route is not None else None,
+                    target=ex.target,
+                    duration=elapsed,
+                    client_ip=ex.client_ip,
+                    rate_limit=ex.rate_limit,
+                    error=ex.error_code,
+                )
+            )
 
     async def _send_error(
         self, runtime: Runtime, ex: Exchange, scope: Scope, send: Send, err: GatewayError
@@ -188,6 +239,8 @@ class GatewayApp:
         ]
         ex.status = err.status
         ex.error_code = err.code
+        if err.reason == "upstream_status":
+            ex.error_source = "upstream"
         ex.started = True
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send(
@@ -240,7 +293,7 @@ class GatewayApp:
         if size > runtime.max_header_bytes:
             raise HeadersTooLarge()
 
-        path = normalize_path(raw_path, keep_escaped_slashes=runtime.keep_escaped_slashes)
+        path = ex.path = normalize_path(raw_path, keep_escaped_slashes=runtime.keep_escaped_slashes)
         method: str = scope["method"]
         match = runtime.table.match(host_without_port(host), path, method)
         route = match.route
@@ -286,18 +339,14 @@ class GatewayApp:
             if tokens:
                 out = [h for h in out if h[0] not in tokens]
 
-        upstream = route.upstream
-        target = upstream.pick()
-        t = target.target
-        ex.target = t.url
         forward_path = path
         if route.strip:
             forward_path = path[len(route.strip) :]
             if not forward_path.startswith("/"):
                 forward_path = "/" + forward_path
-        raw = (t.base_path + forward_path).encode("ascii")
+        target_path = forward_path.encode("ascii")
         if query:
-            raw += b"?" + query
+            target_path += b"?" + query
 
         scheme: str = scope.get("scheme", "http")
         request_id = ex.request_id.encode("ascii")
@@ -312,30 +361,35 @@ class GatewayApp:
             out.append((b"x-forwarded-proto", scheme.encode("ascii")))
             if host:
                 out.append((b"x-forwarded-host", host))
-        out.append((b"host", target.host_header))
         out.append((runtime.request_id_header, request_id))
 
-        request = httpx.Request(
-            method, _PLACEHOLDER_URL, headers=out, stream=body, extensions=upstream.extensions
+        response, target = await proxy.forward(
+            route.upstream, method, target_path, out, body, replayable=body_done
         )
-        # Request() copies (re-parses) any URL it is given; set ours afterwards.
-        request.url = UpstreamURL(t.scheme, t.host, t.port, raw)
-        response = await proxy.send_upstream(upstream.transport, request)
-        status = response.status_code
-        if status in route.rewrite:
-            raise await proxy.rewrite(response)
-        headers = proxy.response_headers(
-            response, [(runtime.request_id_header, request_id)], runtime.request_id_header
-        )
-        ex.status = status
-        ex.started = True
-        if isinstance(body, proxy.RequestBody):
-            body_done = body.finished
-        await proxy.stream_back(send, receive, response, status, headers, body_done)
+        ex.target = target.label
+        verdict: bool | None = True
+        try:
+            status = response.status_code
+            if status in proxy.BREAKER_FAILURES:
+                verdict = False
+            if status in route.rewrite:
+                raise await proxy.rewrite(response)
+            headers = proxy.response_headers(
+                response, [(runtime.request_id_header, request_id)], runtime.request_id_header
+            )
+            ex.status = status
+            ex.started = True
+            if isinstance(body, proxy.RequestBody):
+                body_done = body.finished
+            await proxy.stream_back(send, receive, response, status, headers, body_done)
+        except UpstreamAborted:
+            verdict = False
+            raise
+        finally:
+            target.release(verdict, monotonic())
 
 
 _EMPTY = httpx.ByteStream(b"")
-_PLACEHOLDER_URL = httpx.URL("http://upstream/")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

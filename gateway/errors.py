@@ -33,6 +33,9 @@ from http import HTTPStatus
 from typing import Any, ClassVar, Literal
 
 ErrorFormat = Literal["problem", "envelope", "stripe"]
+FailureKind = Literal["connect_error", "timeout", "protocol_error"]
+"""An upstream try that produced no response: refused/unreachable, too slow, or garbled."""
+FAILURE_KINDS: tuple[FailureKind, ...] = ("connect_error", "timeout", "protocol_error")
 ERROR_FORMATS: tuple[ErrorFormat, ...] = ("problem", "envelope", "stripe")
 
 Headers = list[tuple[bytes, bytes]]
@@ -43,6 +46,9 @@ class GatewayError(Exception):
 
     status: int = 500  # an instance may override it (odd upstream statuses)
     code: str = "internal_error"
+    # For failures of an upstream exchange: connect_error, timeout or protocol_error
+    # (the retry policy's and the failure metric's vocabulary); None otherwise.
+    kind: FailureKind | None = None
     default_detail: ClassVar[str] = "The gateway failed to handle the request."
 
     def __init__(
@@ -52,9 +58,11 @@ class GatewayError(Exception):
         reason: str | None = None,
         headers: Sequence[tuple[bytes, bytes]] = (),
         extra: dict[str, Any] | None = None,
+        kind: FailureKind | None = None,
     ) -> None:
         self.detail = detail or self.default_detail
         self.reason = reason
+        self.kind = kind
         self.headers = list(headers)
         self.extra = extra
         super().__init__(self.detail)

@@ -43,7 +43,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -56,6 +56,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+from gateway.errors import FAILURE_KINDS, FailureKind
 
 __all__ = [
     "BACKEND_BUCKETS",
@@ -96,8 +98,6 @@ BACKEND_BUCKETS: Final = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 )  # fmt: skip
 
-FailureKind = Literal["connect_error", "timeout", "protocol_error"]
-FAILURE_KINDS: Final[tuple[FailureKind, ...]] = ("connect_error", "timeout", "protocol_error")
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from typing import Any
+from random import random
+from time import monotonic
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -23,6 +27,12 @@ from gateway.errors import (
     ServiceUnavailable,
     error_for_status,
 )
+from gateway.retry import parse_retry_after
+from gateway.upstreams import Target, Upstream
+from gateway.urls import UpstreamURL
+
+if TYPE_CHECKING:
+    from gateway.runtime import UpstreamRuntime
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,7 +59,9 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
+# Upstream statuses that count against a target's circuit breaker.
+BREAKER_FAILURES = frozenset({502, 503, 504})
+_PLACEHOLDER_URL = httpx.URL("http://upstream/")
 
 
 class ClientDisconnected(Exception):
@@ -121,8 +133,11 @@ async def send_upstream(
     except (GatewayError, ClientDisconnected):
         raise  # from the request body: the client's doing, not the upstream's
     except httpx.ConnectTimeout as exc:
+        # Never reached the upstream: as safe to retry as a refused connection.
         raise GatewayTimeout(
-            "Connecting to the upstream service timed out.", reason="connect_timeout"
+            "Connecting to the upstream service timed out.",
+            reason="connect_timeout",
+            kind="connect_error",
         ) from exc
     except httpx.PoolTimeout as exc:
         raise ServiceUnavailable(
@@ -130,16 +145,123 @@ async def send_upstream(
         ) from exc
     except httpx.TimeoutException as exc:
         raise GatewayTimeout(
-            "The upstream service did not answer in time.", reason="upstream_timeout"
+            "The upstream service did not answer in time.",
+            reason="upstream_timeout",
+            kind="timeout",
         ) from exc
     except httpx.ConnectError as exc:
         raise BadGateway(
-            "The upstream service refused the connection.", reason="connect_failed"
+            "The upstream service refused the connection.",
+            reason="connect_failed",
+            kind="connect_error",
         ) from exc
     except httpx.TransportError as exc:
         raise BadGateway(
-            "The upstream service broke the exchange.", reason="protocol_error"
+            "The upstream service broke the exchange.",
+            reason="protocol_error",
+            kind="protocol_error",
         ) from exc
+
+
+def unavailable(pool: Upstream, now: float) -> ServiceUnavailable:
+    """The 503 for an upstream with no target in rotation, with Retry-After when known."""
+    wait = pool.retry_after(now)
+    if wait is None:
+        return ServiceUnavailable(
+            "No healthy target is available for this upstream.", reason="no_healthy_target"
+        )
+    seconds = max(1, math.ceil(wait))
+    return ServiceUnavailable(
+        "Every target of this upstream is failing; its circuit is open.",
+        reason="circuit_open",
+        headers=[(b"retry-after", str(seconds).encode("ascii"))],
+    )
+
+
+async def forward(
+    upstream: UpstreamRuntime,
+    method: str,
+    target_path: bytes,
+    headers: HeaderList,
+    body: httpx.AsyncByteStream | httpx.ByteStream,
+    replayable: bool,
+) -> tuple[httpx.Response, Target]:
+    """Sends the request to a target in rotation, retrying per the upstream's policy.
+
+    Returns the response and its target, which the caller must ``release`` once the
+    response is over. Tries that fail are released here, with the breaker's verdict.
+    """
+    pool = upstream.pool
+    policy = upstream.policy
+    now = monotonic()
+    upstream.budget.record_request(now)
+    tried: list[Target] = []
+    attempt = 0
+    while True:
+        attempt += 1
+        target = pool.pick(now, tried)
+        if target is None:
+            raise unavailable(pool, now)
+        host, base = upstream.wire[target]
+        request = httpx.Request(
+            method,
+            _PLACEHOLDER_URL,
+            headers=[*headers, (b"host", host)],
+            stream=body,
+            extensions=upstream.extensions,
+        )
+        # Request() copies (re-parses) any URL it is given; set ours afterwards.
+        request.url = UpstreamURL(target.scheme, target.host, target.port, base + target_path)
+        try:
+            response = await send_upstream(upstream.transport, request)
+        except GatewayError as err:
+            now = monotonic()
+            if err.kind is None:  # not the target's doing (client body, pool exhausted)
+                target.release(None, now)
+                raise
+            target.release(False, now)
+            upstream.metrics.failures[err.kind].inc()
+            wait = policy.decide(
+                method=method,
+                attempt=attempt,
+                outcome=err.kind,
+                body_replayable=replayable,
+                response_started=False,
+                now=now,
+                rng=random,
+                budget=upstream.budget,
+            )
+            if wait is None:
+                raise
+        except BaseException:
+            target.release(None, monotonic())
+            raise
+        else:
+            status = response.status_code
+            upstream.metrics.responses[status].inc()
+            if status not in policy.on_statuses:
+                return response, target
+            now = monotonic()
+            value = response.headers.get("retry-after")
+            wait = policy.decide(
+                method=method,
+                attempt=attempt,
+                outcome=status,
+                body_replayable=replayable,
+                response_started=False,
+                now=now,
+                rng=random,
+                budget=upstream.budget,
+                retry_after=parse_retry_after(value, time.time()) if value else None,
+            )
+            if wait is None:
+                return response, target
+            target.release(status not in BREAKER_FAILURES, now)
+            await discard(response)
+        tried.append(target)
+        upstream.metrics.retries.inc()
+        await asyncio.sleep(wait)
+        now = monotonic()
 
 
 async def discard(response: httpx.Response) -> None:

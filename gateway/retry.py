@@ -17,9 +17,10 @@ import math
 from collections.abc import Callable, Iterable
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Final, Literal, get_args
+from typing import Final, get_args
 
 from gateway.breaker import RollingCounter
+from gateway.errors import FailureKind
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -31,13 +32,11 @@ __all__ = [
     "parse_retry_after",
 ]
 
-FailureKind = Literal["connect_error", "timeout", "protocol_error"]
-"""A try that produced no response: refused/unreachable, too slow, or garbled."""
 
 Outcome = FailureKind | int
 """What a try produced: a failure kind, or the upstream's status code."""
 
-FAILURE_KINDS: Final[frozenset[str]] = frozenset(get_args(FailureKind))
+FAILURE_KINDS: Final[frozenset[str]] = frozenset(get_args(FailureKind))  # for lookups
 DEFAULT_METHODS: Final = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 DEFAULT_ON: Final[tuple[Outcome, ...]] = ("connect_error", 502, 503, 504)
 

@@ -13,63 +13,114 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from gateway.breaker import CircuitBreaker
 from gateway.clients import ClientResolver
-from gateway.config import GatewayConfig, RouteConfig, Target, UpstreamConfig
+from gateway.config import GatewayConfig, RouteConfig, TargetConfig, UpstreamConfig
 from gateway.errors import ErrorRenderer
+from gateway.health import HealthChecker, http_probe
+from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
+from gateway.retry import RetryBudget, RetryPolicy
 from gateway.routing import RouteSpec, RouteTable
 from gateway.transport import PoolTransport
+from gateway.upstreams import Target, Upstream
 
 # Request ids we pass on as they came: bounded, and harmless in logs and headers.
 SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._~:+/=@-]{1,128}$")
 
 
-@dataclass(slots=True, eq=False)
-class TargetRuntime:
-    target: Target
-    host_header: bytes  # the Host an upstream target is sent
-
-    @classmethod
-    def build(cls, target: Target) -> TargetRuntime:
-        default = 443 if target.scheme == "https" else 80
-        host = f"[{target.host}]" if ":" in target.host else target.host
-        if target.port != default:
-            host = f"{host}:{target.port}"
-        return cls(target=target, host_header=host.encode("ascii"))
+def host_header(target: TargetConfig) -> bytes:
+    """The ``Host`` an upstream target is sent: its host, and its port unless default."""
+    default = 443 if target.scheme == "https" else 80
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    if target.port != default:
+        host = f"{host}:{target.port}"
+    return host.encode("ascii")
 
 
 @dataclass(slots=True, eq=False)
 class UpstreamRuntime:
-    """One upstream: its pooled transport (owned) and its targets."""
+    """One upstream: its pooled transport (owned), targets, breakers and retry policy."""
 
     config: UpstreamConfig
+    name: str
     transport: PoolTransport
     client: httpx.AsyncClient  # the full httpx API over the same pool (health checks)
-    targets: tuple[TargetRuntime, ...]
-    timeouts: dict[str, float]
+    pool: Upstream
+    wire: dict[Target, tuple[bytes, bytes]]  # per target: Host header, base path
+    policy: RetryPolicy
+    budget: RetryBudget
     extensions: dict[str, object]
-    _next: int = 0
+    metrics: UpstreamMetrics
+    checker: HealthChecker | None = None
 
     @classmethod
-    def build(cls, config: UpstreamConfig) -> UpstreamRuntime:
+    def build(cls, config: UpstreamConfig, metrics: Metrics) -> UpstreamRuntime:
         t = config.timeouts
         timeout = httpx.Timeout(connect=t.connect, read=t.read, write=t.write, pool=t.pool)
         transport = PoolTransport(max_connections=config.max_connections, timeout=timeout)
-        timeouts = {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.pool}
-        return cls(
+        cb = config.circuit_breaker
+        targets = [
+            Target(
+                scheme=x.scheme,
+                host=x.host,
+                port=x.port,
+                base_path=x.base_path,
+                label=x.url,
+                breaker=CircuitBreaker(
+                    failure_ratio=cb.failure_ratio,
+                    minimum_requests=cb.minimum_requests,
+                    window=cb.window,
+                    open_for=cb.open_for,
+                ),
+            )
+            for x in config.targets
+        ]
+        r = config.retries
+        client = httpx.AsyncClient(transport=transport, timeout=timeout)
+        runtime = cls(
             config=config,
+            name=config.name,
             transport=transport,
-            client=httpx.AsyncClient(transport=transport, timeout=timeout),
-            targets=tuple(TargetRuntime.build(x) for x in config.targets),
-            timeouts=timeouts,
-            extensions={"timeout": timeouts},
+            client=client,
+            pool=Upstream(
+                config.name,
+                targets,
+                balance=config.balance,
+                on_breaker_state=metrics.set_breaker_state,
+                on_healthy_targets=metrics.set_healthy_targets,
+            ),
+            wire={
+                e: (host_header(x), x.base_path.encode("ascii"))
+                for e, x in zip(targets, config.targets, strict=True)
+            },
+            policy=RetryPolicy(
+                attempts=r.attempts,
+                methods=r.methods,
+                on=r.on,
+                backoff=r.backoff,
+                max_backoff=r.max_backoff,
+            ),
+            budget=RetryBudget(),
+            extensions={
+                "timeout": {"connect": t.connect, "read": t.read, "write": t.write, "pool": t.pool}
+            },
+            metrics=metrics.for_upstream(config.name, [x.url for x in config.targets]),
         )
+        hc = config.health_check
+        if hc is not None:
+            runtime.checker = HealthChecker(
+                runtime.pool, http_probe(client, hc.path, hc.timeout), interval=hc.interval
+            )
+        return runtime
 
-    def pick(self) -> TargetRuntime:
-        i = self._next
-        self._next = (i + 1) % len(self.targets)
-        return self.targets[i]
+    def start(self) -> None:
+        """Starts background work (health checks); needs the running loop."""
+        if self.checker is not None:
+            self.checker.start()
 
     async def aclose(self) -> None:
+        if self.checker is not None:
+            await self.checker.aclose()
         await self.client.aclose()  # closes the transport too
 
 
@@ -81,6 +132,7 @@ class RouteRuntime:
     renderer: ErrorRenderer
     strip: str  # the prefix to cut before forwarding, or ""
     rewrite: frozenset[int]
+    metrics: RouteMetrics
 
 
 @dataclass(slots=True, eq=False)
@@ -95,12 +147,13 @@ class Runtime:
     max_body: int
     max_header_bytes: int
     keep_escaped_slashes: bool
+    unmatched: RouteMetrics  # the metrics of requests no route matched
     inflight: int = 0
     retired: bool = field(default=False)
 
 
 def build_runtime(
-    config: GatewayConfig, previous: Runtime | None = None
+    config: GatewayConfig, metrics: Metrics, previous: Runtime | None = None
 ) -> tuple[Runtime, list[UpstreamRuntime]]:
     """A runtime for ``config`` and the upstreams of ``previous`` it no longer uses."""
     old = previous.upstreams if previous is not None else {}
@@ -108,7 +161,7 @@ def build_runtime(
     for name, up in config.upstreams.items():
         kept = old.get(name)
         upstreams[name] = (
-            kept if kept is not None and kept.config == up else UpstreamRuntime.build(up)
+            kept if kept is not None and kept.config == up else UpstreamRuntime.build(up, metrics)
         )
     dropped = [u for n, u in old.items() if upstreams.get(n) is not u]
 
@@ -129,6 +182,7 @@ def build_runtime(
             renderer=renderer,
             strip=rc.path_prefix if rc.strip_prefix and rc.path_prefix != "/" else "",
             rewrite=errors.rewrite_statuses,
+            metrics=metrics.for_route(rc.name, sorted(rc.methods or ()), rc.rate_limit),
         )
         routes.append(route)
         specs.append(RouteSpec(rc.hosts, rc.path_prefix, rc.methods, route))
@@ -144,5 +198,6 @@ def build_runtime(
         max_body=server.max_request_body,
         max_header_bytes=server.max_header_bytes,
         keep_escaped_slashes=server.escaped_slashes == "keep",
+        unmatched=metrics.unmatched,
     )
     return runtime, dropped

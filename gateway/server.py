@@ -17,10 +17,13 @@ from collections.abc import Generator
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
 
+from gateway import accesslog
 from gateway.admin import create_admin_app
 from gateway.app import GatewayApp
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.metrics import Metrics, multiprocess_dir, render
 from gateway.proxy import UpstreamAborted
 
 log = logging.getLogger("gateway")
@@ -79,7 +82,10 @@ class GatewayProcess:
 
     def __init__(self, config: GatewayConfig, config_path: str | None) -> None:
         self.config_path = config_path
-        self.app = GatewayApp(config)
+        # One registry per process; with --workers, the admin port sums every worker's files.
+        self.registry = CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.app = GatewayApp(config, self.metrics)
         self.main: _Server | None = None
         self.admin: _Server | None = None
         self.stopping = False
@@ -104,9 +110,12 @@ class GatewayProcess:
             except ConfigError as exc:
                 for line in exc.errors:
                     log.error("reload rejected: %s", line)
+                self.metrics.reload_failure.inc()
                 return False, exc.errors
             old = self.app.runtime
             dropped = self.app.install(config)
+            accesslog.configure(config.logging.access_log)
+            self.metrics.reload_success.inc()
             log.info("config reloaded from %s", self.config_path)
             if old is not None and dropped:
                 task = asyncio.create_task(self._retire(old, dropped))
@@ -124,6 +133,14 @@ class GatewayProcess:
             await asyncio.sleep(0.05)
         for upstream in dropped:
             await upstream.aclose()
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        return render(None if multiprocess_dir() is not None else self.registry)
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            accesslog.flush()
 
     def stop(self) -> None:
         if self.stopping:
@@ -151,18 +168,26 @@ class GatewayProcess:
                 date_header=False,
             )
         )
-        admin_app = create_admin_app(readiness=self.readiness, reload=self.reload)
+        admin_app = create_admin_app(
+            readiness=self.readiness, reload=self.reload, metrics=self.render_metrics
+        )
         self.admin = _Server(uvicorn_config(admin_app, config.admin.host, config.admin.port))
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        accesslog.configure(config.logging.access_log)
         admin_task = asyncio.create_task(self.admin.serve(admin_sockets))
+        flusher = asyncio.create_task(self._flush_logs())
         try:
             await self.main.serve(sockets)
         finally:
             self.admin.should_exit = True
             await admin_task
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            accesslog.flush()
             for task in list(self._retire_tasks):
                 task.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -41,6 +41,8 @@ class Upstream:
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict[str, Any]] = []
         self.health_status = 200
+        self.fail_with: int | None = None  # set: every non-health request gets this status
+        self.hits = 0  # non-health requests served
         self.stream_progress = 0  # chunks of /stream sent so far
         self.stream_aborted = False  # the reader of /stream went away before the end
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +77,11 @@ class Upstream:
         arg = parts[-1]
         if kind == "healthz":
             return web.Response(status=self.health_status, text="health")
+        self.hits += 1
+        if self.fail_with is not None:
+            body = await request.read()
+            self._record(request, body)
+            return web.Response(status=self.fail_with, text=LEAK)
         if kind == "status":
             body = await request.read()
             self._record(request, body)
