@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry
 
-from gateway import accesslog, proxy
+from gateway import logs, proxy
 from gateway.config import GatewayConfig
 from gateway.errors import (
     BadRequest,
@@ -204,9 +204,9 @@ class GatewayApp:
         per_method.requests[ex.status].inc()
         if ex.error_code is not None:
             metrics.errors[(ex.error_code, ex.error_source)].inc()
-        if accesslog.enabled():
-            accesslog.write(
-                accesslog.line(
+        if logs.enabled():
+            logs.write(
+                logs.line(
                     request_id=ex.request_id,
                     route=route.name if route is not None else None,
                     method=method,

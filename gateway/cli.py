@@ -7,6 +7,7 @@ import dataclasses
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, load_config, mask_url
 
@@ -104,20 +105,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 1
-    server = config.server
-    if args.host or args.port is not None:
-        server = dataclasses.replace(
-            server,
-            host=args.host or server.host,
-            port=server.port if args.port is None else args.port,
-        )
-        config = dataclasses.replace(config, server=server)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, **overrides))
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
-    from gateway import server as server_mod
+    if args.workers > 1:
+        problem = workers_problem(config)
+        if problem:
+            print(f"{path}: {problem}", file=sys.stderr)
+            return 1
+        from gateway.supervisor import run_workers
 
-    return server_mod.run(config, path)
+        return run_workers(config, path, args.workers, overrides)
+    from gateway.server import run
+
+    return run(config, path, overrides)
+
+
+def workers_problem(config: GatewayConfig) -> str | None:
+    """Why this config cannot run with several workers, or None."""
+    limited = any(route.rate_limit for route in config.routes)
+    if limited and not config.redis.url and not config.redis.allow_per_process_buckets:
+        return (
+            "rate limits without redis.url keep their buckets in process memory, so with "
+            "--workers > 1 each worker would let the full limit through; set redis.url, or "
+            "redis.allow_per_process_buckets: true to accept per-worker limits"
+        )
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

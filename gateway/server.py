@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 import socket
 from collections.abc import Generator
@@ -19,12 +21,11 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway import accesslog
+from gateway import logs
 from gateway.admin import create_admin_app
 from gateway.app import GatewayApp
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import Metrics, multiprocess_dir, render
-from gateway.proxy import UpstreamAborted
 
 log = logging.getLogger("gateway")
 
@@ -33,30 +34,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # GatewayProcess owns the signal handlers
-
-
-class _AbortFilter(logging.Filter):
-    """Turns uvicorn's traceback for a deliberately cut response into one warning."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, UpstreamAborted):
-            record.msg = "response cut short: %s"
-            record.args = (exc,)
-            record.exc_info = None
-            record.levelno = logging.WARNING
-            record.levelname = "WARNING"
-        return True
-
-
-def configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    root.setLevel(level.upper())
-    logging.getLogger("uvicorn.error").addFilter(_AbortFilter())
 
 
 def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Config:
@@ -78,10 +55,24 @@ def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Conf
 
 
 class GatewayProcess:
-    """One serving process: the proxy, the admin app, reload and shutdown."""
+    """One serving process: the proxy, the admin app, reload and shutdown.
 
-    def __init__(self, config: GatewayConfig, config_path: str | None) -> None:
+    As a worker of ``--workers N`` (``worker=True``), a reload is the supervisor's
+    decision: SIGHUP and ``POST /-/reload`` ask the parent, which validates the file
+    and tells every worker to swap it in with SIGUSR1.
+    """
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        config_path: str | None,
+        *,
+        overrides: dict[str, Any] | None = None,
+        worker: bool = False,
+    ) -> None:
         self.config_path = config_path
+        self.overrides = overrides or {}
+        self.worker = worker
         # One registry per process; with --workers, the admin port sums every worker's files.
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
@@ -89,6 +80,7 @@ class GatewayProcess:
         self.main: _Server | None = None
         self.admin: _Server | None = None
         self.stopping = False
+        self.generation = 0  # config swaps so far
         self._reload_lock = asyncio.Lock()
         self._retire_tasks: set[asyncio.Task[None]] = set()
 
@@ -100,22 +92,57 @@ class GatewayProcess:
         ready = bool(runtime is not None) and not self.stopping
         return {"ready": ready, "checks": checks}
 
+    def _load(self) -> GatewayConfig:
+        assert self.config_path is not None
+        config = load_config(self.config_path)
+        if self.overrides:
+            server = dataclasses.replace(config.server, **self.overrides)
+            config = dataclasses.replace(config, server=server)
+        return config
+
     async def reload(self) -> tuple[bool, list[str]]:
         """Loads the config file again; an invalid file leaves the old config serving."""
         if self.config_path is None:
             return False, ["the gateway was not started from a file"]
+        if not self.worker:
+            return await self.apply_reload(count=True)
+        try:
+            self._load()
+        except ConfigError as exc:
+            self._rejected(exc)
+            return False, exc.errors
+        seen = self.generation
+        os.kill(os.getppid(), signal.SIGHUP)
+        deadline = asyncio.get_running_loop().time() + 5.0
+        # Polling a counter for a few seconds: this is the admin endpoint, not the hot path.
+        while self.generation == seen:
+            if asyncio.get_running_loop().time() > deadline:
+                return False, ["the supervisor did not confirm the reload in time"]
+            await asyncio.sleep(0.02)
+        return True, []
+
+    def _rejected(self, exc: ConfigError) -> None:
+        for line in exc.errors:
+            log.error("reload rejected: %s", line)
+        self.metrics.reload_failure.inc()
+
+    async def apply_reload(self, *, count: bool) -> tuple[bool, list[str]]:
+        """Swaps in the file's config; ``count`` records the result in the metrics."""
         async with self._reload_lock:
             try:
-                config = load_config(self.config_path)
+                config = self._load()
             except ConfigError as exc:
-                for line in exc.errors:
-                    log.error("reload rejected: %s", line)
-                self.metrics.reload_failure.inc()
+                if count:
+                    self._rejected(exc)
+                else:
+                    log.error("reload from the supervisor failed: %s", exc.errors)
                 return False, exc.errors
             old = self.app.runtime
             dropped = self.app.install(config)
-            accesslog.configure(config.logging.access_log)
-            self.metrics.reload_success.inc()
+            logs.configure(config.logging.access_log)
+            self.generation += 1
+            if count:
+                self.metrics.reload_success.inc()
             log.info("config reloaded from %s", self.config_path)
             if old is not None and dropped:
                 task = asyncio.create_task(self._retire(old, dropped))
@@ -140,7 +167,7 @@ class GatewayProcess:
     async def _flush_logs(self) -> None:
         while True:
             await asyncio.sleep(0.5)
-            accesslog.flush()
+            logs.flush()
 
     def stop(self) -> None:
         if self.stopping:
@@ -175,8 +202,14 @@ class GatewayProcess:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
-        accesslog.configure(config.logging.access_log)
+        if self.worker:
+            loop.add_signal_handler(signal.SIGHUP, lambda: os.kill(os.getppid(), signal.SIGHUP))
+            loop.add_signal_handler(
+                signal.SIGUSR1, lambda: loop.create_task(self.apply_reload(count=False))
+            )
+        else:
+            loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        logs.configure(config.logging.access_log)
         admin_task = asyncio.create_task(self.admin.serve(admin_sockets))
         flusher = asyncio.create_task(self._flush_logs())
         try:
@@ -187,18 +220,18 @@ class GatewayProcess:
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
-            accesslog.flush()
+            logs.flush()
             for task in list(self._retire_tasks):
                 task.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(sig)
 
 
-def run(config: GatewayConfig, config_path: str | None) -> int:
-    """Serves until stopped; the process exit code."""
+def run(config: GatewayConfig, config_path: str | None, overrides: dict[str, Any]) -> int:
+    """Serves in this one process until stopped; the process exit code."""
     import uvloop
 
-    configure_logging(config.logging.level)
-    process = GatewayProcess(config, config_path)
+    logs.configure_logging(config.logging.level)
+    process = GatewayProcess(config, config_path, overrides=overrides)
     uvloop.run(process.serve())
     return 0

@@ -1,5 +1,6 @@
-"""The access log: one JSON line per request, through the standard logging module.
+"""Logging: the process's log setup, and the access log.
 
+The access log is one JSON line per request, through the standard logging module.
 Lines go to the ``gateway.access`` logger, whose handler writes to stdout
 without a flush per line (a syscall per request would cost more than the rest
 of the log line); ``flush`` runs on a timer and at shutdown instead.
@@ -20,6 +21,34 @@ from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
 logger = logging.getLogger("gateway.access")
+
+
+class _AbortFilter(logging.Filter):
+    """Turns uvicorn's traceback for a deliberately cut response into one warning."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from gateway.proxy import UpstreamAborted
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, UpstreamAborted):
+            record.msg = "response cut short: %s"
+            record.args = (exc,)
+            record.exc_info = None
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+def configure_logging(level: str) -> None:
+    """Process logs to stderr at ``level``; the access log is set up by ``configure``."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("uvicorn.error").addFilter(_AbortFilter())
+
 
 _TEMPLATE: dict[str, Any] = vars(
     logging.LogRecord("gateway.access", logging.INFO, __file__, 0, "", None, None, "write")
