@@ -30,12 +30,13 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
 )
 from gateway.metrics import Metrics
 from gateway.paths import normalize_path
 from gateway.proxy import ClientDisconnected, Receive, Scope, Send, UpstreamAborted
 from gateway.routing import host_without_port
-from gateway.runtime import SANE_REQUEST_ID, RouteRuntime, Runtime, build_runtime
+from gateway.runtime import SANE_REQUEST_ID, Retired, RouteRuntime, Runtime, build_runtime
 
 log = logging.getLogger("gateway")
 
@@ -69,6 +70,7 @@ class Exchange:
         "error_source",
         "path",
         "rate_limit",
+        "rate_limit_headers",
         "request_id",
         "route",
         "started",
@@ -87,6 +89,7 @@ class Exchange:
         self.target: str | None = None
         self.path: str | None = None
         self.rate_limit: str | None = None  # the decision, for the access log
+        self.rate_limit_headers: list[tuple[bytes, bytes]] = []
 
 
 _date_cache: list[Any] = [0, b""]
@@ -121,9 +124,9 @@ class GatewayApp:
     async def startup(self) -> None:
         self.install(self.config)
 
-    def install(self, config: GatewayConfig) -> list[Any]:
-        """Swaps in a runtime for ``config``; returns the upstreams it retired."""
-        runtime, dropped = build_runtime(config, self.metrics, self.runtime)
+    def install(self, config: GatewayConfig) -> Retired:
+        """Swaps in a runtime for ``config``; returns what the old one used and this does not."""
+        runtime, retired = build_runtime(config, self.metrics, self.runtime)
         for upstream in runtime.upstreams.values():
             upstream.start()  # health checks of new upstreams; kept ones already run
         special = dict(_SPECIAL_BASE)
@@ -131,13 +134,15 @@ class GatewayApp:
         self.config = config
         self.special = special
         self.runtime = runtime
-        return dropped
+        return retired
 
     async def shutdown(self) -> None:
         runtime = self.runtime
         if runtime is not None:
             for upstream in runtime.upstreams.values():
                 await upstream.aclose()
+            if runtime.limiter is not None:
+                await runtime.limiter.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -236,6 +241,7 @@ class GatewayApp:
             (runtime.request_id_header, ex.request_id.encode("ascii")),
             (b"cache-control", b"no-store"),
             *err.headers,
+            *ex.rate_limit_headers,
         ]
         ex.status = err.status
         ex.error_code = err.code
@@ -310,6 +316,18 @@ class GatewayApp:
         trusted = resolver.enabled and resolver.is_trusted(peer)
         ex.client_ip = resolver.client_ip(peer, xff, forwarded) if trusted else peer
 
+        limits = route.limits
+        if limits is not None:
+            limiter = runtime.limiter
+            assert limiter is not None
+            try:
+                ex.rate_limit_headers, ex.rate_limit = await limiter.check(
+                    limits, ex.client_ip, scope["headers"]
+                )
+            except RateLimited:
+                ex.rate_limit = "limited"
+                raise
+
         # The body: none, small and buffered (replayable), or streamed as it arrives.
         body: httpx.AsyncByteStream | httpx.ByteStream
         body_done = True
@@ -375,7 +393,9 @@ class GatewayApp:
             if status in route.rewrite:
                 raise await proxy.rewrite(response)
             headers = proxy.response_headers(
-                response, [(runtime.request_id_header, request_id)], runtime.request_id_header
+                response,
+                [(runtime.request_id_header, request_id), *ex.rate_limit_headers],
+                runtime.request_id_header,
             )
             ex.status = status
             ex.started = True

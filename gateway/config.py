@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from gateway.buckets import limit_error
 from gateway.errors import ERROR_FORMATS, ErrorFormat
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -777,10 +778,6 @@ def _policy(doc: _Doc, name: str, value: object) -> PolicyConfig | None:
 
 def _limit_problem(limit: LimitConfig) -> str | None:
     """A limit whose exact integer arithmetic would not fit Redis' Lua numbers."""
-    try:
-        from gateway.buckets import limit_error
-    except ImportError:  # transitional: the bucket arithmetic lands in its own commit
-        return None
     return limit_error(limit.capacity, limit.tokens, limit.period)
 
 

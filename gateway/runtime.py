@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig, RouteConfig, TargetConfig, UpstreamCon
 from gateway.errors import ErrorRenderer
 from gateway.health import HealthChecker, http_probe
 from gateway.metrics import Metrics, RouteMetrics, UpstreamMetrics
+from gateway.ratelimit import Limiter, RouteLimits, compile_policy
 from gateway.retry import RetryBudget, RetryPolicy
 from gateway.routing import RouteSpec, RouteTable
 from gateway.transport import PoolTransport
@@ -133,6 +134,7 @@ class RouteRuntime:
     strip: str  # the prefix to cut before forwarding, or ""
     rewrite: frozenset[int]
     metrics: RouteMetrics
+    limits: RouteLimits | None  # None: the route is not rate limited
 
 
 @dataclass(slots=True, eq=False)
@@ -148,14 +150,42 @@ class Runtime:
     max_header_bytes: int
     keep_escaped_slashes: bool
     unmatched: RouteMetrics  # the metrics of requests no route matched
+    limiter: Limiter | None  # None: no Redis configured and no route rate limited
     inflight: int = 0
     retired: bool = field(default=False)
 
 
+@dataclass(slots=True)
+class Retired:
+    """What a reload left unused, to be closed once the old runtime's requests are done."""
+
+    upstreams: list[UpstreamRuntime]
+    limiter: Limiter | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.upstreams) or self.limiter is not None
+
+
+def _limiter(config: GatewayConfig, metrics: Metrics, previous: Runtime | None) -> Limiter | None:
+    needed = bool(config.redis.url) or any(r.rate_limit for r in config.routes)
+    old = previous.limiter if previous is not None else None
+    mode = config.server.rate_limit_headers
+    if old is not None and old.config == config.redis and old.header_mode == mode:
+        return old if needed else None
+    if not needed:
+        return None
+    backend = (
+        "memory" if not config.redis.url else ("redis_cluster" if config.redis.cluster else "redis")
+    )
+    if config.redis.url.startswith("redis+sentinel:"):
+        backend = "redis_sentinel"
+    return Limiter(config.redis, mode, metrics.for_backend(backend))
+
+
 def build_runtime(
     config: GatewayConfig, metrics: Metrics, previous: Runtime | None = None
-) -> tuple[Runtime, list[UpstreamRuntime]]:
-    """A runtime for ``config`` and the upstreams of ``previous`` it no longer uses."""
+) -> tuple[Runtime, Retired]:
+    """A runtime for ``config``, and what of ``previous`` it no longer uses."""
     old = previous.upstreams if previous is not None else {}
     upstreams: dict[str, UpstreamRuntime] = {}
     for name, up in config.upstreams.items():
@@ -163,7 +193,11 @@ def build_runtime(
         upstreams[name] = (
             kept if kept is not None and kept.config == up else UpstreamRuntime.build(up, metrics)
         )
-    dropped = [u for n, u in old.items() if upstreams.get(n) is not u]
+    retired = Retired([u for n, u in old.items() if upstreams.get(n) is not u])
+    limiter = _limiter(config, metrics, previous)
+    if previous is not None and previous.limiter is not None and previous.limiter is not limiter:
+        retired.limiter = previous.limiter
+    policies = {name: compile_policy(p) for name, p in config.rate_limits.items()}
 
     errors = config.errors
     default_renderer = ErrorRenderer(errors.format, errors.type_base)
@@ -175,6 +209,15 @@ def build_runtime(
             if rc.errors_format is None
             else ErrorRenderer(rc.errors_format, errors.type_base)
         )
+        route_metrics = metrics.for_route(rc.name, sorted(rc.methods or ()), rc.rate_limit)
+        limits = None
+        if rc.rate_limit:
+            limits = RouteLimits.build(
+                rc.name,
+                [policies[p] for p in rc.rate_limit],
+                rc.cost,
+                [route_metrics.rate_limits[p] for p in rc.rate_limit],
+            )
         route = RouteRuntime(
             name=rc.name,
             config=rc,
@@ -182,7 +225,8 @@ def build_runtime(
             renderer=renderer,
             strip=rc.path_prefix if rc.strip_prefix and rc.path_prefix != "/" else "",
             rewrite=errors.rewrite_statuses,
-            metrics=metrics.for_route(rc.name, sorted(rc.methods or ()), rc.rate_limit),
+            metrics=route_metrics,
+            limits=limits,
         )
         routes.append(route)
         specs.append(RouteSpec(rc.hosts, rc.path_prefix, rc.methods, route))
@@ -199,5 +243,6 @@ def build_runtime(
         max_header_bytes=server.max_header_bytes,
         keep_escaped_slashes=server.escaped_slashes == "keep",
         unmatched=metrics.unmatched,
+        limiter=limiter,
     )
-    return runtime, dropped
+    return runtime, retired

@@ -26,6 +26,7 @@ from gateway.admin import create_admin_app
 from gateway.app import GatewayApp
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import Metrics, multiprocess_dir, render
+from gateway.runtime import Retired, Runtime
 
 log = logging.getLogger("gateway")
 
@@ -85,12 +86,16 @@ class GatewayProcess:
         self._retire_tasks: set[asyncio.Task[None]] = set()
 
     async def readiness(self) -> dict[str, Any]:
+        """Ready once the config is loaded and, when Redis is configured, it answers."""
         runtime = self.app.runtime
-        checks: dict[str, Any] = {"config": runtime is not None}
+        checks: dict[str, bool] = {"config": runtime is not None}
+        limiter = runtime.limiter if runtime is not None else None
+        if limiter is not None and limiter.remote:
+            checks["redis"] = await limiter.ready()
         if self.stopping:
-            checks["shutting_down"] = True
-        ready = bool(runtime is not None) and not self.stopping
-        return {"ready": ready, "checks": checks}
+            checks["accepting"] = False
+        not_ready = sorted(name for name, ok in checks.items() if not ok)
+        return {"ready": not not_ready, "checks": checks, "not_ready": not_ready}
 
     def _load(self) -> GatewayConfig:
         assert self.config_path is not None
@@ -138,28 +143,30 @@ class GatewayProcess:
                     log.error("reload from the supervisor failed: %s", exc.errors)
                 return False, exc.errors
             old = self.app.runtime
-            dropped = self.app.install(config)
+            retired = self.app.install(config)
             logs.configure(config.logging.access_log)
             self.generation += 1
             if count:
                 self.metrics.reload_success.inc()
             log.info("config reloaded from %s", self.config_path)
-            if old is not None and dropped:
-                task = asyncio.create_task(self._retire(old, dropped))
+            if old is not None and retired:
+                task = asyncio.create_task(self._retire(old, retired))
                 self._retire_tasks.add(task)
                 task.add_done_callback(self._retire_tasks.discard)
             return True, []
 
-    async def _retire(self, old: Any, dropped: list[Any]) -> None:
+    async def _retire(self, old: Runtime, retired: Retired) -> None:
         # Requests that started under the old config finish with its upstreams.
         deadline = asyncio.get_running_loop().time() + max(
-            (u.config.timeouts.read for u in dropped), default=30.0
+            (u.config.timeouts.read for u in retired.upstreams), default=30.0
         )
         # Polling: the request path must not pay for signalling "last one out".
         while old.inflight > 0 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        for upstream in dropped:
+        for upstream in retired.upstreams:
             await upstream.aclose()
+        if retired.limiter is not None:
+            await retired.limiter.aclose()
 
     def render_metrics(self) -> tuple[bytes, str]:
         return render(None if multiprocess_dir() is not None else self.registry)

@@ -34,3 +34,14 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
     yield start
     for gw in started:
         gw.stop()
+
+
+# Real redis-server fixtures (a session server, flushed and restored per test; a cluster).
+from tests.support.redis_server import (  # noqa: E402
+    redis_cluster,
+    redis_sentinel,
+    redis_server,
+    redis_session_server,
+)
+
+__all__ = ["redis_cluster", "redis_sentinel", "redis_server", "redis_session_server"]
