@@ -253,11 +253,6 @@ def exported_metric_names() -> set[str]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="README.md does not list the metrics yet (SPEC section 6); remove this marker when "
-    "it does",
-)
 def test_readme_lists_every_metric() -> None:
     names = exported_metric_names()
     assert len(names) >= 13
