@@ -14,7 +14,6 @@ import types
 import typing
 from collections.abc import Mapping
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
