@@ -175,7 +175,13 @@ def error_for_status(status: int) -> GatewayError:
     return cls(f"The upstream service answered {status}.", reason="upstream_status")
 
 
+# RFC 9110 renamed a few phrases; Python's HTTPStatus has them only from 3.13.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
 def _title(status: int) -> str:
+    if status in _TITLES:
+        return _TITLES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
