@@ -62,7 +62,9 @@ def metered(start_gateway: GatewayFactory, upstream: Upstream) -> Gateway:
             {"name": "flaky", "path_prefix": "/flaky", "upstream": "flaky"},
             {"name": "slow", "path_prefix": "/slow", "upstream": "slow"},
             {"name": "dead", "path_prefix": "/dead", "upstream": "dead"},
+            {"name": "lim", "path_prefix": "/lim", "upstream": "app", "rate_limit": "once"},
         ],
+        "rate_limits": {"once": {"limits": [{"capacity": 1, "refill": "1/h"}]}},
     }
     return start_gateway(config)
 
@@ -80,6 +82,8 @@ def drive(gw: Gateway) -> None:
         assert c.get("/dead/x").status_code == 502  # refused connection
         for _ in range(2):
             assert c.get("/nowhere/secret-path-2").status_code == 404
+        assert c.get("/lim/echo").status_code == 200
+        assert c.get("/lim/echo").status_code == 429
 
 
 def test_scripted_traffic_gives_exact_metrics(metered: Gateway) -> None:
@@ -96,6 +100,8 @@ def test_scripted_traffic_gives_exact_metrics(metered: Gateway) -> None:
     assert v("gateway_requests_total", route="slow", method="GET", code="504") == 1
     assert v("gateway_requests_total", route="dead", method="GET", code="502") == 1
     assert v("gateway_requests_total", route="_unmatched", method="GET", code="404") == 2
+    assert v("gateway_requests_total", route="lim", method="GET", code="200") == 1
+    assert v("gateway_requests_total", route="lim", method="GET", code="429") == 1
 
     assert v("gateway_request_duration_seconds_count", route="ok", method="GET") == 5
     assert v("gateway_request_duration_seconds_count", route="slow", method="GET") == 1
@@ -108,8 +114,17 @@ def test_scripted_traffic_gives_exact_metrics(metered: Gateway) -> None:
     assert v("gateway_errors_total", route="slow", code="gateway_timeout", source="gateway") == 1
     assert v("gateway_errors_total", route="dead", code="bad_gateway", source="gateway") == 1
     assert v("gateway_errors_total", route="_unmatched", code="not_found", source="gateway") == 2
+    limited = ("gateway_errors_total", "lim", "rate_limit_exceeded", "gateway")
+    assert v(limited[0], route=limited[1], code=limited[2], source=limited[3]) == 1
 
-    assert v("gateway_upstream_responses_total", upstream="app", code="200") == 4
+    decisions = "gateway_rate_limit_decisions_total"
+    assert v(decisions, route="lim", policy="once", decision="allowed") == 1
+    assert v(decisions, route="lim", policy="once", decision="limited") == 1
+    assert v(decisions, route="lim", policy="once", decision="degraded") == 0
+    assert v("gateway_rate_limit_backend_up", backend="memory") == 1
+    assert v("gateway_rate_limit_backend_seconds_count", backend="memory") == 2
+
+    assert v("gateway_upstream_responses_total", upstream="app", code="200") == 5
     assert v("gateway_upstream_responses_total", upstream="app", code="502") == 2
     assert v("gateway_upstream_responses_total", upstream="flaky", code="503") == 3
     assert v("gateway_upstream_retries_total", upstream="flaky") == 2
@@ -141,7 +156,7 @@ def test_no_label_holds_a_path_or_client_address(metered: Gateway) -> None:
         for s in f.samples
         if "route" in s.labels
     }
-    assert routes <= {"ok", "flaky", "slow", "dead", "_unmatched"}
+    assert routes <= {"ok", "flaky", "slow", "dead", "lim", "_unmatched"}
 
 
 def test_promtool_accepts_a_real_scrape(metered: Gateway) -> None:
@@ -152,9 +167,9 @@ def test_promtool_accepts_a_real_scrape(metered: Gateway) -> None:
 
 def test_access_log_has_one_json_line_per_request(metered: Gateway) -> None:
     drive(metered)
-    wait_until(lambda: metered.log().count('"request_id"') >= 11, timeout=5, what="log flush")
+    wait_until(lambda: metered.log().count('"request_id"') >= 13, timeout=5, what="log flush")
     lines = [json.loads(x) for x in metered.log().splitlines() if x.startswith('{"time"')]
-    assert len(lines) == 11
+    assert len(lines) == 13
     timeout = next(x for x in lines if x["status"] == 504)
     assert timeout["route"] == "slow"
     assert timeout["error"] == "gateway_timeout"
@@ -163,6 +178,7 @@ def test_access_log_has_one_json_line_per_request(metered: Gateway) -> None:
     assert timeout["duration_ms"] >= 200
     assert {"time", "request_id", "method", "path", "target", "rate_limit"} <= set(timeout)
     assert [x["status"] for x in lines if x["route"] is None] == [404, 404]
+    assert [x["rate_limit"] for x in lines if x["route"] == "lim"] == ["allowed", "limited"]
 
 
 def test_prometheus_scrapes_the_gateway_and_the_shipped_rule_computes(
