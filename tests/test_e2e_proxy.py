@@ -421,3 +421,11 @@ def test_client_disconnect_mid_stream_does_not_hurt_the_gateway(
     assert up.stream_progress < 50
     assert client.get("/api/echo").status_code == 200
     assert "Traceback" not in gw.log()
+
+
+def test_request_head_over_the_limit_is_431(gw: Gateway) -> None:
+    big = b"X-Big: " + b"a" * (70 * 1024) + b"\r\n"  # over the default 64 KiB
+    status, data = raw_request(gw.port, b"GET /api/echo HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
+    assert status == 431
+    assert b'"code":"headers_too_large"' in data
+    assert b"application/problem+json" in data
