@@ -41,9 +41,24 @@ _IDLE_TIMEOUT = 60.0  # close keep-alive connections unused for this long
 Origin = tuple[str, str, int]
 
 
-def _timeout_fired(fut: asyncio.Future[Any], exc: Exception) -> None:
+def _timeout_fired(fut: asyncio.Future[Any], exc: type[Exception], message: str) -> None:
     if not fut.done():
-        fut.set_exception(exc)
+        fut.set_exception(exc(message))
+
+
+async def _bounded(
+    fut: asyncio.Future[Any], timeout: float, exc: type[Exception], message: str
+) -> Any:
+    """Awaits ``fut``, failing it with ``exc(message)`` after ``timeout`` seconds.
+
+    A loop timer rather than ``asyncio.timeout``: no task cancellation to unwind, and
+    the exception is only built when the timer fires.
+    """
+    timer = asyncio.get_running_loop().call_later(timeout, _timeout_fired, fut, exc, message)
+    try:
+        return await fut
+    finally:
+        timer.cancel()
 
 
 class _Conn(asyncio.Protocol):
@@ -191,13 +206,9 @@ class _Conn(asyncio.Protocol):
         if self.closed:
             raise httpx.WriteError("upstream closed the connection")
         fut = self.drain_waiter = self.loop.create_future()
-        timer = self.loop.call_later(
-            timeout, _timeout_fired, fut, httpx.WriteTimeout("writing to upstream timed out")
-        )
         try:
-            await fut
+            await _bounded(fut, timeout, httpx.WriteTimeout, "writing to upstream timed out")
         finally:
-            timer.cancel()
             self.drain_waiter = None
 
     def write(self, data: bytes) -> None:
@@ -211,23 +222,13 @@ class _Conn(asyncio.Protocol):
         if head.done():
             head.result()
             return
-        timer = self.loop.call_later(
-            timeout, _timeout_fired, head, httpx.ReadTimeout("upstream did not answer in time")
-        )
-        try:
-            await head
-        finally:
-            timer.cancel()
+        await _bounded(head, timeout, httpx.ReadTimeout, "upstream did not answer in time")
 
     async def wait_body(self, timeout: float) -> None:
         fut = self.waiter = self.loop.create_future()
-        timer = self.loop.call_later(
-            timeout, _timeout_fired, fut, httpx.ReadTimeout("upstream stopped sending")
-        )
         try:
-            await fut
+            await _bounded(fut, timeout, httpx.ReadTimeout, "upstream stopped sending")
         finally:
-            timer.cancel()
             self.waiter = None
 
     def take(self) -> bytes:
@@ -290,14 +291,13 @@ class _Pool:
         if self.count >= self.owner.max_connections:
             fut: asyncio.Future[_Conn | None] = self.loop.create_future()
             self.waiters.append(fut)
-            timer = self.loop.call_later(
-                pool_timeout,
-                _timeout_fired,
-                fut,
-                httpx.PoolTimeout("no upstream connection became free in time"),
-            )
             try:
-                handed = await fut
+                handed = await _bounded(
+                    fut,
+                    pool_timeout,
+                    httpx.PoolTimeout,
+                    "no upstream connection became free in time",
+                )
             except BaseException:
                 if fut.done() and not fut.cancelled() and fut.exception() is None:
                     # Handed a connection or a slot just as we gave up: pass it on.
@@ -310,8 +310,6 @@ class _Pool:
                     with contextlib.suppress(ValueError):
                         self.waiters.remove(fut)
                 raise
-            finally:
-                timer.cancel()
             if handed is not None:
                 return handed, True
             # A slot was freed for us: open a new connection in it.

@@ -92,18 +92,24 @@ def test_request_in_flight_finishes_across_a_reload(
     start_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
     gw = start_gateway(two_routes(upstream, ["a"]))
-    result: list[httpx.Response] = []
-    slow = threading.Thread(
-        target=lambda: result.append(httpx.get(gw.url + "/a/delay/1.5", timeout=10))
-    )
-    slow.start()
-    wait_until(lambda: _inflight(gw) == 1, what="the slow request in flight")
+    slow, result = _slow_request(gw)
     rewrite(gw, two_routes(upstream, ["b"]))  # removes route a and its upstream
     assert httpx.post(gw.admin_url + "/-/reload", timeout=10).status_code == 200
     assert status(gw, "/a/echo") == 404  # new requests see the new config
     slow.join(10)
     assert result[0].status_code == 200  # the old one finished under the old config
     assert result[0].text == "slow"
+
+
+def _slow_request(gw: Gateway) -> tuple[threading.Thread, list[httpx.Response]]:
+    """A 1.5 s request on route a, running in a thread once this returns."""
+    result: list[httpx.Response] = []
+    slow = threading.Thread(
+        target=lambda: result.append(httpx.get(gw.url + "/a/delay/1.5", timeout=10))
+    )
+    slow.start()
+    wait_until(lambda: _inflight(gw) == 1, what="the slow request in flight")
+    return slow, result
 
 
 def _inflight(gw: Gateway) -> float:
@@ -118,12 +124,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     start_gateway: GatewayFactory, upstream: Upstream
 ) -> None:
     gw = start_gateway(two_routes(upstream, ["a"]))
-    result: list[httpx.Response] = []
-    slow = threading.Thread(
-        target=lambda: result.append(httpx.get(gw.url + "/a/delay/1.5", timeout=10))
-    )
-    slow.start()
-    wait_until(lambda: _inflight(gw) == 1, what="the slow request in flight")
+    slow, result = _slow_request(gw)
     gw.signal(signal.SIGTERM)
     wait_until(lambda: not port_open(gw.port), timeout=5, what="stop accepting")
     slow.join(10)
