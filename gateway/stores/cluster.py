@@ -34,6 +34,8 @@ class ClusterClient:
     ) -> None:
         if seed.db:
             raise ValueError("Redis Cluster has only database 0")
+        if seed.path is not None:
+            raise ValueError("Redis Cluster nodes are reached over TCP, not a Unix socket")
         self.timeout_s = timeout_s
         self._seed = seed
         self._setup = setup

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from functools import partial
 from typing import Any, cast
 
 import hiredis
@@ -165,6 +166,12 @@ class RespClient:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._connect_deadline = 0.0
 
+    @property
+    def where(self) -> str:
+        """The server's address, for messages."""
+        target = self.target
+        return target.path or f"{target.host}:{target.port}"
+
     def deadline(self) -> float:
         """The deadline of a call starting now, for steps that share one budget."""
         return asyncio.get_running_loop().time() + self.timeout_s
@@ -186,8 +193,7 @@ class RespClient:
         """Raise StoreError unless the server answers PING by the deadline."""
         reply = await self.call(PING, deadline)
         if reply != b"PONG":
-            where = f"{self.target.host}:{self.target.port}"
-            raise StoreError(f"unexpected PING reply from Redis at {where}: {reply!r:.100}")
+            raise StoreError(f"unexpected PING reply from Redis at {self.where}: {reply!r:.100}")
 
     async def _call_connecting(self, payload: bytes, deadline: float | None, replies: int) -> Any:
         loop = asyncio.get_running_loop()
@@ -217,13 +223,17 @@ class RespClient:
         conn: _Connection | None = None
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(
-                    lambda: self.connection_class(loop, self.timeout_s),
-                    target.host,
-                    target.port,
-                    ssl=self._tls,
-                    server_hostname=target.host if self._tls else None,
-                )
+                factory = partial(self.connection_class, loop, self.timeout_s)
+                if target.path is not None:
+                    _, conn = await loop.create_unix_connection(factory, target.path)
+                else:
+                    _, conn = await loop.create_connection(
+                        factory,
+                        target.host,
+                        target.port,
+                        ssl=self._tls,
+                        server_hostname=target.host if self._tls else None,
+                    )
                 replies = await asyncio.gather(*(conn.send(p, deadline) for p in self.handshake))
             refused = [reply for reply in replies if isinstance(reply, hiredis.ReplyError)]
             if refused:
@@ -232,8 +242,7 @@ class RespClient:
             if conn is not None:
                 conn.close()
             if isinstance(exc, OSError | TimeoutError):
-                where = f"{target.host}:{target.port}"
-                raise StoreError(f"cannot connect to Redis at {where}") from exc
+                raise StoreError(f"cannot connect to Redis at {self.where}") from exc
             raise
         self._conn = conn
         return conn

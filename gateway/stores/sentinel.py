@@ -60,7 +60,7 @@ class SentinelClient:
                 errors.append(str(exc))
                 continue
             if not isinstance(reply, list) or len(reply) != 2:
-                errors.append(f"{sentinel.target.host}:{sentinel.target.port} knows no master")
+                errors.append(f"{sentinel.where} knows no master")
                 continue
             self._sentinels.remove(sentinel)
             self._sentinels.insert(0, sentinel)  # ask the one that answered first next time

@@ -51,6 +51,8 @@ class RedisTarget:
 
     host: str
     port: int = 6379
+    path: str | None = None
+    """A Unix socket instead of host and port."""
     db: int = 0
     username: str | None = None
     password: str | None = field(default=None, repr=False)
@@ -125,8 +127,13 @@ def _tls(query: str) -> Tls:
 
 
 def parse_redis_url(url: str) -> RedisTarget:
-    """``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` with TLS query options."""
+    """``redis://[[user]:password@]host[:port][/db]``, or ``rediss://`` with TLS query options.
+
+    A Unix socket: ``unix://[[user]:password@]/path/to/redis.sock[?db=N]``.
+    """
     parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return _unix_target(parts.netloc, parts.path, parts.query)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
     username, password, hostport = _credentials(parts.netloc)
@@ -140,6 +147,22 @@ def parse_redis_url(url: str) -> RedisTarget:
         username=username,
         password=password,
         tls=_tls(parts.query) if parts.scheme == "rediss" else None,
+    )
+
+
+def _unix_target(netloc: str, path: str, query: str) -> RedisTarget:
+    username, password, host = _credentials(netloc)
+    if host or not path:
+        raise ValueError("a unix:// URL names a socket path: unix:///path/to/redis.sock")
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if set(params) - {"db"}:
+        raise ValueError("a unix:// URL takes only the db parameter")
+    return RedisTarget(
+        host="",
+        path=unquote(path),
+        db=_db(params.get("db", "")),
+        username=username,
+        password=password,
     )
 
 

@@ -215,3 +215,22 @@ async def test_a_call_after_a_timeout_gets_its_own_reply(redis_server: RedisServ
         assert decision.buckets[0].remaining == 1000 - 7  # not the late reply for `first`
     finally:
         await store.aclose()
+
+
+async def test_a_unix_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer("--unixsocket", str(socket_path), "--unixsocketperm", "700")
+    server.start()
+    try:
+        store = create_store(
+            f"unix://{socket_path}?db=2", cluster=False, timeout_s=1, key_prefix="gw"
+        )
+        try:
+            keys = bucket_keys("gw", unique_client(), "p", 1)
+            assert (await store.acquire(keys, [HOURLY], 1)).allowed
+            await store.ping()
+        finally:
+            await store.aclose()
+        assert server.client(db=2).exists(keys[0]) == 1
+    finally:
+        server.cleanup()

@@ -232,6 +232,24 @@ class RedisCluster:
         for node in self.nodes:
             node.flush()
 
+    def owner(self, slot: int) -> RedisServer:
+        """The master serving ``slot``, as the first node sees it."""
+        ranges = self.nodes[0].client().execute_command("CLUSTER", "SLOTS")  # type: ignore[no-untyped-call]
+        for start, end, master, *_ in ranges:
+            if start <= slot <= end:
+                return next(node for node in self.nodes if node.port == master[1])
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        node_id: bytes = node.client().execute_command("CLUSTER", "MYID")  # type: ignore[no-untyped-call]
+        return node_id.decode()
+
+    def assign(self, slot: int, node: RedisServer) -> None:
+        """``CLUSTER SETSLOT <slot> NODE <node>`` on every node: the slot has moved."""
+        node_id = self.node_id(node)
+        for each in self.nodes:
+            each.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", node_id)  # type: ignore[no-untyped-call]
+
     def ensure_running(self) -> None:
         """Resume or restart nodes a test paused or stopped, and wait for state ok."""
         for node in self.nodes:
@@ -244,15 +262,22 @@ class RedisCluster:
 
 
 class RedisSentinel:
-    """One sentinel watching ``master`` as ``service`` (quorum 1, no failover in tests)."""
+    """One sentinel watching ``master`` as ``service``, with quorum 1.
 
-    def __init__(self, master: RedisServer, service: str = "gwmaster") -> None:
+    By default it takes a minute to call the master down, so stopping it in a test
+    causes no failover; ``down_after_ms`` shortens that for failover tests.
+    """
+
+    def __init__(
+        self, master: RedisServer, service: str = "gwmaster", *, down_after_ms: int = 60_000
+    ) -> None:
         self.master = master
         self.service = service
         self.server = RedisServer(
             "--sentinel",
             config=f"sentinel monitor {service} {HOST} {master.port} 1\n"
-            f"sentinel down-after-milliseconds {service} 60000\n",
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} {max(3 * down_after_ms, 3000)}\n",
         )
 
     @property
@@ -263,13 +288,17 @@ class RedisSentinel:
         self.server.start()
         wait_for(self._knows_master, timeout=10)
 
+    def master_port(self) -> int:
+        """The master's port, as the sentinel currently names it."""
+        reply = self.server.client().sentinel_get_master_addr_by_name(self.service)
+        assert isinstance(reply, tuple)
+        return int(reply[1])
+
     def _knows_master(self) -> bool:
         try:
-            client = self.server.client(timeout=0.5)
-            reply = client.sentinel_get_master_addr_by_name(self.service)
+            return self.master_port() == self.master.port
         except (redis.ConnectionError, redis.TimeoutError):
             return False
-        return isinstance(reply, tuple) and int(reply[1]) == self.master.port
 
     def cleanup(self) -> None:
         self.server.cleanup()

@@ -1,0 +1,71 @@
+"""Sentinel specifics: when the master dies, the store follows the failover by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.buckets import Limit
+from gateway.stores import StoreError, bucket_keys, create_store
+from tests.support.redis_server import HOST, RedisSentinel, RedisServer, wait_for
+
+HOURLY = Limit.per(10, 1, 3600)
+
+
+@pytest.fixture
+def replicated() -> Iterator[tuple[RedisSentinel, RedisServer]]:
+    """A master, its replica, and a sentinel that knows both and fails over within ~1 s."""
+    master = RedisServer()
+    replica = RedisServer("--replicaof", HOST, str(master.port))
+    sentinel = RedisSentinel(master, service="failover", down_after_ms=500)
+    try:
+        master.start()
+        replica.start()
+        # Linked before the sentinel starts: its first look at the master finds the
+        # replica (it would otherwise look again only 10 s later).
+        wait_for(lambda: master.client().info("replication")["connected_slaves"] == 1, timeout=10)
+        sentinel.start()
+        wait_for(lambda: _replica_known(sentinel, replica), timeout=20, interval=0.1)
+        yield sentinel, replica
+    finally:
+        for server in (sentinel.server, replica, master):
+            server.cleanup()
+
+
+def _replica_known(sentinel: RedisSentinel, replica: RedisServer) -> bool:
+    replicas = sentinel.server.client().sentinel_slaves(sentinel.service)
+    return any(
+        r["port"] == replica.port and not r["is_sdown"] and r["master-link-status"] == "ok"
+        for r in replicas
+    )
+
+
+@pytest.mark.slow
+async def test_the_store_follows_a_failover(replicated: tuple[RedisSentinel, RedisServer]) -> None:
+    sentinel, replica = replicated
+    store = create_store(sentinel.url, cluster=False, timeout_s=0.5, key_prefix="gw")
+    keys = bucket_keys("gw", "203.0.113.5", "p", 1)
+    try:
+        assert (await store.acquire(keys, [HOURLY], 1)).buckets[0].remaining == 9
+        wait_for(lambda: replica.client().exists(keys[0]), timeout=5)  # replicated
+        sentinel.master.kill()
+        failures = 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                decision = await store.acquire(keys, [HOURLY], 1)
+                break
+            except StoreError:  # the master is gone and no replica is promoted yet
+                failures += 1
+            assert time.monotonic() < deadline, "the store did not follow the failover"
+            await asyncio.sleep(0.05)
+        assert failures > 0
+        assert sentinel.master_port() == replica.port
+        assert decision.allowed
+        assert decision.buckets[0].remaining == 8  # the replicated first debit was kept
+        assert int(replica.client().hget(keys[0], "l") or 0) // HOURLY.unit == 8
+    finally:
+        await store.aclose()
