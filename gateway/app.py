@@ -1,6 +1,6 @@
 """The gateway's ASGI application: one request, in order.
 
-request id -> head size -> path normalisation -> route match -> client
+request id -> path normalisation -> route match -> client
 identity -> (rate limit) -> body -> upstream exchange -> rewrite or stream
 back. The per-request path uses raw ASGI ``receive``/``send``: everything
 config-dependent was compiled into the ``Runtime`` at load, and a request
@@ -103,6 +103,22 @@ def http_date() -> bytes:
         _date_cache[1] = formatdate(now, usegmt=True).encode("ascii")
     value: bytes = _date_cache[1]
     return value
+
+
+def error_response(
+    renderer: ErrorRenderer, err: GatewayError, path: bytes, request_id: str, rid_header: bytes
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The headers and body of the uniform error response for ``err``."""
+    body = renderer.render(err, path.decode("latin-1"), request_id)
+    headers = [
+        (b"date", http_date()),
+        (b"content-type", renderer.content_type),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (rid_header, request_id.encode("ascii")),
+        (b"cache-control", b"no-store"),
+        *err.headers,
+    ]
+    return headers, body
 
 
 def new_request_id() -> str:
@@ -231,18 +247,12 @@ class GatewayApp:
     ) -> None:
         if not ex.request_id:
             ex.request_id = new_request_id()
-        renderer: ErrorRenderer = ex.route.renderer if ex.route is not None else runtime.renderer
+        renderer = ex.route.renderer if ex.route is not None else runtime.renderer
         path = scope.get("raw_path") or b"/"
-        body = renderer.render(err, path.decode("latin-1"), ex.request_id)
-        headers = [
-            (b"date", http_date()),
-            (b"content-type", renderer.content_type),
-            (b"content-length", str(len(body)).encode("ascii")),
-            (runtime.request_id_header, ex.request_id.encode("ascii")),
-            (b"cache-control", b"no-store"),
-            *err.headers,
-            *ex.rate_limit_headers,
-        ]
+        headers, body = error_response(
+            renderer, err, path, ex.request_id, runtime.request_id_header
+        )
+        headers += ex.rate_limit_headers
         ex.status = err.status
         ex.error_code = err.code
         if err.reason == "upstream_status":
@@ -252,6 +262,21 @@ class GatewayApp:
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
         )
+
+    def head_too_large_response(self, path: bytes) -> bytes:
+        """A whole 431 response, for the server protocol to write before any app runs."""
+        runtime = self.runtime
+        assert runtime is not None
+        err = HeadersTooLarge()
+        request_id = new_request_id()
+        headers, body = error_response(
+            runtime.renderer, err, path, request_id, runtime.request_id_header
+        )
+        head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in headers]
+        head.append(b"connection: close\r\n\r\n")
+        self.metrics.unmatched.errors[(err.code, "gateway")].inc()
+        return b"".join(head) + body
 
     async def _proxy(
         self, runtime: Runtime, ex: Exchange, scope: Scope, receive: Receive, send: Send
@@ -268,10 +293,8 @@ class GatewayApp:
         rid: bytes | None = None
         raw_path: bytes = scope["raw_path"]
         query: bytes = scope["query_string"]
-        size = len(raw_path) + len(query) + 16
         out: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
-            size += len(name) + len(value) + 4
             kind = special.get(name)
             if kind is None:
                 out.append((name, value))
@@ -296,8 +319,6 @@ class GatewayApp:
         ex.request_id = (
             rid.decode("ascii") if rid and SANE_REQUEST_ID.match(rid) else new_request_id()
         )
-        if size > runtime.max_header_bytes:
-            raise HeadersTooLarge()
 
         path = ex.path = normalize_path(raw_path, keep_escaped_slashes=runtime.keep_escaped_slashes)
         method: str = scope["method"]

@@ -26,6 +26,7 @@ from gateway.admin import create_admin_app
 from gateway.app import GatewayApp
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.metrics import Metrics, multiprocess_dir, render
+from gateway.protocol import GatewayHttpProtocol
 from gateway.runtime import Retired, Runtime
 
 log = logging.getLogger("gateway")
@@ -43,7 +44,7 @@ def uvicorn_config(app: Any, host: str, port: int, **extra: Any) -> uvicorn.Conf
         host=host,
         port=port,
         loop="none",  # the caller's loop (uvloop) is already running
-        http="httptools",
+        http=extra.pop("http", "httptools"),
         ws="none",
         lifespan=extra.pop("lifespan", "off"),
         proxy_headers=False,  # the gateway decides whom to believe (trusted_proxies)
@@ -197,6 +198,7 @@ class GatewayProcess:
                 server.host,
                 server.port,
                 lifespan="on",
+                http=GatewayHttpProtocol,
                 timeout_graceful_shutdown=server.shutdown_grace,
                 # Proxied responses carry the upstream's Date; errors get the gateway's.
                 date_header=False,

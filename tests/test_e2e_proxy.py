@@ -429,3 +429,46 @@ def test_request_head_over_the_limit_is_431(gw: Gateway) -> None:
     assert status == 431
     assert b'"code":"headers_too_large"' in data
     assert b"application/problem+json" in data
+
+
+def test_huge_request_head_is_refused_before_it_is_buffered(gw: Gateway) -> None:
+    assert gw.proc is not None
+    rss_before = _rss_kib(gw.proc.pid, "VmRSS")
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"GET /api/echo HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        answer = b""
+        try:
+            for _ in range(2000):  # up to 128 MiB, stopped as soon as the gateway answers
+                s.sendall(b"b" * 65536)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        answer = s.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 431 ")
+    assert b'"instance":"/api/echo"' in answer
+    assert _rss_kib(gw.proc.pid, "VmHWM") - rss_before < 32 * 1024
+
+
+def test_expect_100_continue_upload(client: httpx.Client, gw: Gateway) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(
+            b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+            b"Expect: 100-continue\r\n\r\n"
+        )
+        interim = s.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue")  # not held back with the head
+        s.sendall(b"hello")
+        data = b""
+        while b'"body_length"' not in data:
+            data += s.recv(65536)
+    assert b"HTTP/1.1 200 OK" in data
+    assert b'"body_length": 5' in data
+
+
+def test_head_of_a_slow_stream_is_not_held_back(client: httpx.Client) -> None:
+    started = time.monotonic()
+    with client.stream("GET", "/api/stream?chunks=2&interval=1.5") as r:
+        head_after = time.monotonic() - started
+        assert r.status_code == 200
+        body = r.read()
+    assert head_after < 1.0  # the first chunk is sent at once, the second after 1.5 s
+    assert body.count(b"chunk-") == 2
