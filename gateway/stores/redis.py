@@ -119,10 +119,11 @@ class ClusterStore(_ScriptStore):
     One client's keys share a hash tag, hence a slot, and are decided by one
     atomic script call. Keys spanning several slots (a route whose policies are
     keyed differently) cannot be atomic in one script: each slot's buckets are
-    decided by their own call, concurrently, and when any slot denies, the slots
-    that were debited are refunded (the script with a negative cost). In that
-    window other requests may see those tokens missing, so a multi-slot request
-    can only make the limiter stricter, never admit more than the buckets allow.
+    decided by their own call, concurrently, and when any slot denies (or fails),
+    the slots that were debited are refunded (the script with a negative cost).
+    In that window other requests may see those tokens missing, so a multi-slot
+    request can only make the limiter stricter, never admit more than the
+    buckets allow.
     """
 
     backend = "redis_cluster"
@@ -142,21 +143,27 @@ class ClusterStore(_ScriptStore):
         if len(slots) == 1:
             return await self._run(keys, limits, cost, next(iter(slots)))
         groups = list(slots.items())
-        decisions = await asyncio.gather(
-            *(self._group(keys, limits, cost, slot, group) for slot, group in groups)
+        results = await asyncio.gather(
+            *(self._group(keys, limits, cost, slot, group) for slot, group in groups),
+            return_exceptions=True,
         )
-        allowed = all(decision.allowed for decision in decisions)
+        decisions = [r for r in results if isinstance(r, Decision)]
+        allowed = len(decisions) == len(groups) and all(d.allowed for d in decisions)
         if not allowed and cost:
-            debited = [n for n, decision in enumerate(decisions) if decision.allowed]
+            # Undo the debits of a request that, as a whole, was denied or failed.
+            debited = [n for n, r in enumerate(results) if isinstance(r, Decision) and r.allowed]
             refunds = await asyncio.gather(
                 *(self._group(keys, limits, -cost, *groups[n]) for n in debited)
             )
             for n, refund in zip(debited, refunds, strict=True):
-                decisions[n] = refund
+                results[n] = refund
         outcomes: dict[int, BucketOutcome] = {}
-        for (_, group), decision in zip(groups, decisions, strict=True):
-            outcomes.update(zip(group, decision.buckets, strict=True))
-        return Decision(allowed, decisions[0].now_us, tuple(outcomes[i] for i in range(len(keys))))
+        for (_, group), result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):
+                raise StoreError(f"Redis Cluster failed a slot: {result}") from result
+            outcomes.update(zip(group, result.buckets, strict=True))
+        now_us = decisions[0].now_us
+        return Decision(allowed, now_us, tuple(outcomes[i] for i in range(len(keys))))
 
     async def _group(
         self, keys: Sequence[str], limits: Sequence[Limit], cost: int, slot: int, group: list[int]

@@ -8,7 +8,7 @@ import pytest
 from redis.crc import key_slot
 
 from gateway.buckets import Limit
-from gateway.stores import BucketStore, bucket_keys, create_store
+from gateway.stores import BucketStore, StoreError, bucket_keys, create_store
 from tests.stores.conftest import unique_client
 from tests.support.redis_server import RedisCluster
 
@@ -79,3 +79,20 @@ async def test_requests_follow_a_slot_that_moves(
         redis_cluster.assign(slot, source)
     decision = await store.acquire(keys, [HOURLY], 1)  # moved back, key gone: a full bucket
     assert decision.buckets[0].remaining == 9
+
+
+async def test_a_failed_node_refunds_the_others(
+    store: BucketStore, redis_cluster: RedisCluster
+) -> None:
+    healthy_key = bucket_keys("gw", unique_client(), "p", 1)[0]
+    failing_key = _key_on_another_node(redis_cluster, healthy_key)
+    assert (await store.acquire([healthy_key, failing_key], [HOURLY, HOURLY], 1)).allowed
+    failing = redis_cluster.owner(key_slot(failing_key.encode()))
+    failing.stop()
+    try:
+        with pytest.raises(StoreError):
+            await store.acquire([healthy_key, failing_key], [HOURLY, HOURLY], 1)
+        peek = await store.acquire([healthy_key], [HOURLY], 0)
+        assert peek.buckets[0].remaining == 9  # the healthy node's debit was undone
+    finally:
+        redis_cluster.ensure_running()
