@@ -13,7 +13,8 @@ import pytest
 from gateway.buckets import Limit
 from gateway.stores import StoreError, bucket_keys, create_store
 from tests.stores.conftest import unique_client
-from tests.support.redis_server import HOST, RedisServer, free_port
+from tests.support.redis_server import HOST, RedisServer
+from tests.support.upstream import free_port
 
 HOURLY = Limit.per(10, 1, 3600)
 

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.buckets import Limit
 from gateway.stores import StoreError, bucket_keys, create_store
-from tests.support.redis_server import HOST, RedisSentinel, RedisServer, wait_for
+from tests.support.gateway import wait_until
+from tests.support.redis_server import HOST, RedisSentinel, RedisServer
 
 HOURLY = Limit.per(10, 1, 3600)
 
@@ -26,9 +27,9 @@ def replicated() -> Iterator[tuple[RedisSentinel, RedisServer]]:
         replica.start()
         # Linked before the sentinel starts: its first look at the master finds the
         # replica (it would otherwise look again only 10 s later).
-        wait_for(lambda: master.client().info("replication")["connected_slaves"] == 1, timeout=10)
+        wait_until(lambda: master.client().info("replication")["connected_slaves"] == 1)
         sentinel.start()
-        wait_for(lambda: _replica_known(sentinel, replica), timeout=20, interval=0.1)
+        wait_until(lambda: _replica_known(sentinel, replica), timeout=20, what="replica known")
         yield sentinel, replica
     finally:
         for server in (sentinel.server, replica, master):
@@ -50,7 +51,7 @@ async def test_the_store_follows_a_failover(replicated: tuple[RedisSentinel, Red
     keys = bucket_keys("gw", "203.0.113.5", "p", 1)
     try:
         assert (await store.acquire(keys, [HOURLY], 1)).buckets[0].remaining == 9
-        wait_for(lambda: replica.client().exists(keys[0]), timeout=5)  # replicated
+        wait_until(lambda: replica.client().exists(keys[0]), what="replication")
         sentinel.master.kill()
         failures = 0
         deadline = time.monotonic() + 30

@@ -13,10 +13,9 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -24,25 +23,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.support.gateway import wait_until
+from tests.support.upstream import free_port
+
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
 HOST = "127.0.0.1"
-
-T = TypeVar("T")
-
-
-def wait_for(
-    condition: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.01
-) -> T:
-    """Poll ``condition`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"condition not met within {timeout}s: {condition!r}")
-        time.sleep(interval)
 
 
 def _port_free(port: int) -> bool:
@@ -54,13 +40,11 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def free_port(*, cluster_bus: bool = False) -> int:
-    """A port free on 127.0.0.1 (and, for cluster nodes, port + 10000 too)."""
+def cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
     while True:
-        with socket.socket() as sock:
-            sock.bind((HOST, 0))
-            port: int = sock.getsockname()[1]
-        if not cluster_bus or (port + 10000 < 65536 and _port_free(port + 10000)):
+        port = free_port()
+        if port + 10000 < 65536 and _port_free(port + 10000):
             return port
 
 
@@ -74,7 +58,7 @@ class RedisServer:
         cluster: bool = False,
         config: str | None = None,
     ) -> None:
-        self.port = port or free_port(cluster_bus=cluster)
+        self.port = port or (cluster_port() if cluster else free_port())
         self.dir = Path(tempfile.mkdtemp(prefix=f"redis-{self.port}-"))
         self.args = args
         self.cluster = cluster
@@ -106,7 +90,7 @@ class RedisServer:
         log.close()
         self.paused = False
         try:
-            wait_for(self._answers, timeout=10)
+            wait_until(self._answers, timeout=10, what=f"redis-server on {self.port} to answer")
         except BaseException:
             self.kill()
             raise
@@ -143,7 +127,7 @@ class RedisServer:
         self.process.send_signal(signal.SIGSTOP)
         self.paused = True
         proc = psutil.Process(self.process.pid)
-        wait_for(lambda: proc.status() == psutil.STATUS_STOPPED, timeout=5)
+        wait_until(lambda: proc.status() == psutil.STATUS_STOPPED, timeout=5, what="SIGSTOP")
 
     def resume(self) -> None:
         """SIGCONT after ``pause``."""
@@ -214,7 +198,7 @@ class RedisCluster:
             capture_output=True,
             timeout=60,
         )
-        wait_for(self.ready, timeout=30, interval=0.05)
+        wait_until(self.ready, timeout=30, interval=0.05, what="cluster_state:ok everywhere")
 
     def ready(self) -> bool:
         """Every node says ``cluster_state:ok`` and knows every other node."""
@@ -254,7 +238,7 @@ class RedisCluster:
         """Resume or restart nodes a test paused or stopped, and wait for state ok."""
         for node in self.nodes:
             node.ensure_running()
-        wait_for(self.ready, timeout=30, interval=0.05)
+        wait_until(self.ready, timeout=30, interval=0.05, what="cluster_state:ok everywhere")
 
     def cleanup(self) -> None:
         for node in self.nodes:
@@ -286,7 +270,7 @@ class RedisSentinel:
 
     def start(self) -> None:
         self.server.start()
-        wait_for(self._knows_master, timeout=10)
+        wait_until(self._knows_master, timeout=10, what="the sentinel to know its master")
 
     def master_port(self) -> int:
         """The master's port, as the sentinel currently names it."""
@@ -362,10 +346,9 @@ __all__ = [
     "RedisCluster",
     "RedisSentinel",
     "RedisServer",
-    "free_port",
+    "cluster_port",
     "redis_cluster",
     "redis_sentinel",
     "redis_server",
     "redis_session_server",
-    "wait_for",
 ]
