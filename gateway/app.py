@@ -1,6 +1,6 @@
 """The gateway's ASGI application: one request, in order.
 
-request id -> path normalisation -> route match -> client
+request id -> head size -> path normalisation -> route match -> client
 identity -> (rate limit) -> body -> upstream exchange -> rewrite or stream
 back. The per-request path uses raw ASGI ``receive``/``send``: everything
 config-dependent was compiled into the ``Runtime`` at load, and a request
@@ -293,8 +293,11 @@ class GatewayApp:
         rid: bytes | None = None
         raw_path: bytes = scope["raw_path"]
         query: bytes = scope["query_string"]
+        # The exact limit on a complete head; the server protocol bounds an endless one.
+        size = len(raw_path) + len(query) + 16
         out: list[tuple[bytes, bytes]] = []
         for name, value in scope["headers"]:
+            size += len(name) + len(value) + 4
             kind = special.get(name)
             if kind is None:
                 out.append((name, value))
@@ -319,6 +322,8 @@ class GatewayApp:
         ex.request_id = (
             rid.decode("ascii") if rid and SANE_REQUEST_ID.match(rid) else new_request_id()
         )
+        if size > runtime.max_header_bytes:
+            raise HeadersTooLarge()
 
         path = ex.path = normalize_path(raw_path, keep_escaped_slashes=runtime.keep_escaped_slashes)
         method: str = scope["method"]

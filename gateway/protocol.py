@@ -66,6 +66,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     _head = 0  # bytes received of the current request head so far
     _in_head = True  # between requests and while a head arrives
+    _boundary = False  # a head or a message ended during the current chunk
     _limit = 1 << 62
 
     @property
@@ -84,10 +85,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._read_limit()
 
     def data_received(self, data: bytes) -> None:
+        self._boundary = False
         super().data_received(data)
         # llhttp keeps a header value it has not seen the end of, however long: count
-        # the raw bytes of a head still incomplete after this chunk.
-        if self._in_head:
+        # the bytes of chunks that only ever belonged to an unfinished head.
+        if self._in_head and not self._boundary:
             self._head += len(data)
             if self._head > self._limit and not self.transport.is_closing():
                 url = getattr(self, "url", b"") or b"/"
@@ -97,6 +99,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._boundary = True
         self._head = 0
         super().on_headers_complete()
         cycle = self.cycle
@@ -106,4 +109,6 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._boundary = True
+        self._head = 0
         self._read_limit()
