@@ -114,17 +114,20 @@ class ClusterClient:
             except StoreError as exc:
                 errors.append(str(exc))
                 continue
-            if isinstance(reply, hiredis.ReplyError):
-                errors.append(str(reply))
+            try:
+                self._install(reply, client.target.host)
+            except (TypeError, ValueError, IndexError, AttributeError):
+                errors.append(f"{client.where} answered CLUSTER SLOTS with {reply!r:.200}")
                 continue
-            self._install(reply, client.target.host)
             return
         raise StoreError(f"no Redis Cluster node listed its slots: {'; '.join(errors)}")
 
     def _install(self, ranges: list[Any], asked_host: str) -> None:
         slots: list[RespClient | None] = [None] * SLOTS
         for start, end, master, *_replicas in ranges:
-            host = master[0].decode() or asked_host  # an empty host: the node we asked
+            host = master[0].decode()
+            if host in ("", "?"):  # the node does not know its address: the one we asked
+                host = asked_host
             client = self.node(host, int(master[1]))
             slots[start : end + 1] = [client] * (end - start + 1)
         self._slots = slots

@@ -18,7 +18,7 @@ from redis.crc import key_slot
 from gateway.buckets import BucketOutcome, Decision, Limit
 from gateway.stores.base import StoreError
 from gateway.stores.cluster import ClusterClient
-from gateway.stores.script import SCRIPT, SHA, decision_from_reply, is_noscript, limit_args
+from gateway.stores.script import SCRIPT, SHA, decision_from_reply, is_noscript, limit_arg
 
 
 class _Connector(Protocol):
@@ -41,12 +41,12 @@ class _Plan:
 
     def __init__(self, limits: tuple[Limit, ...]) -> None:
         count = len(limits)
-        argc = 3 + count + 1 + 4 * count
+        argc = 3 + count + 1 + count  # EVALSHA sha numkeys, keys, cost, limits
         nkeys = _bulk(b"%d" % count)
         self.count = count
         self.evalsha_head = b"*%d\r\n$7\r\nEVALSHA\r\n%s%s" % (argc, _bulk(SHA.encode()), nkeys)
         self.eval_head = b"*%d\r\n$4\r\nEVAL\r\n%s%s" % (argc, _bulk(SCRIPT), nkeys)
-        self.tail = b"".join(_bulk(b"%d" % arg) for limit in limits for arg in limit_args(limit))
+        self.tail = b"".join(_bulk(limit_arg(limit)) for limit in limits)
 
 
 _COSTS = {cost: _bulk(b"%d" % cost) for cost in range(-16, 65)}

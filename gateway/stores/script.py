@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from hashlib import sha1
 from importlib import resources
+from struct import Struct
 
-from gateway.buckets import BucketOutcome, Decision, Limit
+from gateway.buckets import BucketOutcome, BucketState, Decision, Limit
 from gateway.stores.base import StoreError
 from gateway.stores.resp import encode_command
 
@@ -15,9 +16,22 @@ LOAD = encode_command("SCRIPT", "LOAD", SCRIPT)
 """Sent on every new connection, so that EVALSHA rarely meets NOSCRIPT."""
 
 
-def limit_args(limit: Limit) -> tuple[int, int, int, int]:
-    """A limit's ARGV slice, in the order the script reads it."""
-    return limit.unit, limit.rate, limit.full, limit.fill_us
+_LIMIT = Struct("<dddd")
+_STATE = Struct("<ddd")
+
+
+def limit_arg(limit: Limit) -> bytes:
+    """A limit as the script's ARGV entry: unit, rate, full, fill_us as doubles.
+
+    Doubles hold these integers exactly (``limit_error`` keeps them below 2**53).
+    """
+    return _LIMIT.pack(limit.unit, limit.rate, limit.full, limit.fill_us)
+
+
+def state_from_value(value: bytes) -> BucketState:
+    """A bucket key's value, as the script packed it (for inspection and tests)."""
+    level, stamp, unit = _STATE.unpack(value)
+    return BucketState(int(level), int(stamp), int(unit))
 
 
 def decision_from_reply(reply: object, count: int) -> Decision:

@@ -28,7 +28,7 @@ from gateway.stores import BucketStore, create_store
 from gateway.stores.base import bucket_keys
 from gateway.stores.redis import RedisStore
 from gateway.stores.resp import RespClient, _Connection
-from gateway.stores.script import LOAD, SCRIPT, SHA, decision_from_reply, limit_args
+from gateway.stores.script import LOAD, SCRIPT, SHA, decision_from_reply, limit_arg
 from gateway.stores.urls import parse_redis_url
 from tests.support.redis_server import RedisCluster, RedisServer
 
@@ -52,7 +52,7 @@ class RedisPyStore:
         self._gate = asyncio.Semaphore(WORKERS)
 
     async def acquire(self, keys: Sequence[str], limits: Sequence[Limit], cost: int) -> Decision:
-        args = [len(keys), *keys, cost, *(a for limit in limits for a in limit_args(limit))]
+        args = [len(keys), *keys, cost, *(limit_arg(limit) for limit in limits)]
         async with self._gate, asyncio.timeout(TIMEOUT_S):
             reply = await self._client.execute_command("EVALSHA", SHA, *args)
         return decision_from_reply(reply, len(keys))

@@ -13,6 +13,7 @@ import redis
 
 from gateway.buckets import BucketState, Limit, decide
 from gateway.stores import create_store
+from gateway.stores.script import state_from_value
 from tests.support.redis_server import RedisServer
 
 LIMITS = [
@@ -27,12 +28,11 @@ LIMITS = [
 
 
 def _state(client: redis.Redis, key: str) -> BucketState | None:
-    level, stamp, unit = client.hmget(key, ["l", "t", "u"])
-    if level is None:
+    value = client.get(key)
+    if value is None:
         return None
-    assert stamp is not None
-    assert unit is not None
-    return BucketState(int(level), int(stamp), int(unit))
+    assert isinstance(value, bytes)
+    return state_from_value(value)
 
 
 async def test_the_script_decides_like_buckets_py(redis_server: RedisServer) -> None:
