@@ -47,7 +47,9 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("uvicorn.error").addFilter(_AbortFilter())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _AbortFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_AbortFilter())
 
 
 _TEMPLATE: dict[str, Any] = vars(

@@ -145,6 +145,7 @@ class GatewayProcess:
                 return False, exc.errors
             old = self.app.runtime
             retired = self.app.install(config)
+            logs.configure_logging(config.logging.level)
             logs.configure(config.logging.access_log)
             self.generation += 1
             if count:
