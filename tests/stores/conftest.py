@@ -10,15 +10,9 @@ import pytest
 import redis
 
 from gateway.stores import BucketStore, create_store
-from tests.support.redis_server import (  # noqa: F401  (fixtures)
-    RedisCluster,
-    RedisSentinel,
-    RedisServer,
-    redis_cluster,
-    redis_sentinel,
-    redis_server,
-    redis_session_server,
-)
+from tests.support.redis_server import RedisCluster, RedisSentinel, RedisServer
+
+# The redis_* fixtures come from tests/conftest.py: one set of servers per session.
 
 TIMEOUT_S = 0.5  # generous: the machine is shared; timeout tests choose their own
 REDIS_BACKENDS = ["redis", "redis_cluster", "redis_sentinel"]

@@ -1,6 +1,6 @@
 """Client CPU per rate-limit call: the lean RESP client against redis.asyncio.
 
-Run: ``python -m tests.stores.bench_clients [--calls 20000] [--loop asyncio|uvloop]``.
+Run: ``python -m benchmarks.redis_clients [--calls 20000] [--loop asyncio|uvloop]``.
 Starts its own redis-server and 3-node cluster; prints the gateway process's CPU
 (``time.process_time``) per call, for sequential calls and for calls from 100
 concurrent tasks, best of interleaved rounds (noise on a shared machine only
