@@ -27,7 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from gateway.buckets import Decision, Limit
@@ -43,6 +43,7 @@ HeaderMode = Literal["legacy", "ietf", "both"]
 
 COOLDOWN = 1.0  # seconds without asking a failed store before one probe
 _MAX_KEY_BYTES = 4096  # longer header keys are refused, not hashed
+_KEY_CACHE = 8192  # clients whose bucket keys are remembered per route
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,10 @@ class RouteLimits:
     policy_of_bucket: tuple[int, ...]  # index into policies, per bucket
     policy_header: bytes  # the RateLimit-Policy value
     metrics: tuple[RateLimitMetrics, ...]  # per policy
+    capacities: tuple[bytes, ...]  # per bucket, for X-RateLimit-Limit
+    item_prefixes: tuple[bytes, ...]  # per bucket: '"<name>";r=' of the RateLimit item
+    # (policy, client) -> bucket keys: hashing a client key once per client, not per request.
+    key_cache: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)
 
     @classmethod
     def build(
@@ -113,13 +118,16 @@ class RouteLimits:
             policy_of_bucket=tuple(owner),
             policy_header=", ".join(items).encode("ascii"),
             metrics=tuple(metrics),
+            capacities=tuple(b"%d" % limit.capacity for limit in limits),
+            item_prefixes=tuple(f'"{name}";r='.encode("ascii") for name in names),
         )
 
     def keys(
         self, prefix: str, client_ip: str, headers: Sequence[tuple[bytes, bytes]]
-    ) -> list[str]:
+    ) -> Sequence[str]:
         """Every bucket's storage key for this request; raises ``Unauthorized``."""
         keys: list[str] = []
+        cache = self.key_cache
         for policy in self.policies:
             kind = policy.key
             if kind == "client_ip":
@@ -141,7 +149,16 @@ class RouteLimits:
                 client = "route:" + self.route
             else:
                 client = "global"
-            keys += bucket_keys(prefix, client, policy.name, len(policy.limits))
+            hit = cache.get((policy.name, client))
+            if hit is None:
+                if len(cache) >= _KEY_CACHE:
+                    cache.clear()  # client keys are client-chosen: stay bounded
+                hit = cache[(policy.name, client)] = bucket_keys(
+                    prefix, client, policy.name, len(policy.limits)
+                )
+            if len(self.policies) == 1:
+                return hit
+            keys += hit
         return keys
 
 
@@ -152,6 +169,10 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes | None) -> bytes
     return None
 
 
+def _ceil_s(us: int) -> int:
+    return -(-us // 1_000_000)
+
+
 def render_headers(
     limits: RouteLimits, decision: Decision, epoch_now: float, mode: HeaderMode
 ) -> tuple[Headers, int]:
@@ -160,29 +181,38 @@ def render_headers(
     buckets = decision.buckets
     retry_after = 0
     if not decision.allowed:
-        waits = [b.wait_us for b in buckets if b.wait_us > 0]
-        retry_after = max(1, math.ceil(max(waits, default=0) / 1_000_000))
+        retry_after = max(1, _ceil_s(max(b.wait_us for b in buckets)))
     headers: Headers = []
     if mode != "ietf":
         # The most restrictive bucket: fewest whole tokens left, then longest to full.
-        i = min(range(len(buckets)), key=lambda j: (buckets[j].remaining, -buckets[j].reset_us))
+        i = 0
+        if len(buckets) > 1:
+            best = buckets[0]
+            for j, b in enumerate(buckets):
+                if b.remaining < best.remaining or (
+                    b.remaining == best.remaining and b.reset_us > best.reset_us
+                ):
+                    i, best = j, b
         b = buckets[i]
-        reset = math.ceil(epoch_now + b.reset_us / 1_000_000)
-        headers += [
-            (b"x-ratelimit-limit", str(limits.limits[i].capacity).encode("ascii")),
-            (b"x-ratelimit-remaining", str(b.remaining).encode("ascii")),
-            (b"x-ratelimit-reset", str(reset).encode("ascii")),
-        ]
+        headers += (
+            (b"x-ratelimit-limit", limits.capacities[i]),
+            (b"x-ratelimit-remaining", b"%d" % b.remaining),
+            (b"x-ratelimit-reset", b"%d" % -(-(epoch_now * 1_000_000 + b.reset_us) // 1_000_000)),
+        )
     if mode != "legacy":
-        items = []
-        for name, b in zip(limits.names, buckets, strict=True):
-            short = b.remaining < cost and b.wait_us > 0
-            seconds = math.ceil((b.wait_us if short else b.reset_us) / 1_000_000)
-            items.append(f'"{name}";r={b.remaining};t={seconds}')
-        headers += [
-            (b"ratelimit-policy", limits.policy_header),
-            (b"ratelimit", ", ".join(items).encode("ascii")),
+        items = [
+            b"%s%d;t=%d"
+            % (
+                prefix,
+                b.remaining,
+                _ceil_s(b.wait_us if b.remaining < cost and b.wait_us > 0 else b.reset_us),
+            )
+            for prefix, b in zip(limits.item_prefixes, buckets, strict=True)
         ]
+        headers += (
+            (b"ratelimit-policy", limits.policy_header),
+            (b"ratelimit", b", ".join(items)),
+        )
     return headers, retry_after
 
 
@@ -248,7 +278,7 @@ class Limiter:
         raise RateLimited(headers=out, extra={"violated_policies": violated})
 
     async def _acquire(
-        self, keys: list[str], limits: tuple[Limit, ...], cost: int
+        self, keys: Sequence[str], limits: tuple[Limit, ...], cost: int
     ) -> tuple[Decision | None, bool]:
         """The decision (None: fail open) and whether it came from the fallback."""
         now = time.monotonic()
@@ -287,7 +317,7 @@ class Limiter:
         self.metrics.up.set(0)
 
     async def _fallback(
-        self, keys: list[str], limits: tuple[Limit, ...], cost: int, now: float
+        self, keys: Sequence[str], limits: tuple[Limit, ...], cost: int, now: float
     ) -> tuple[Decision | None, bool]:
         mode = self.config.on_error
         if mode == "allow":
