@@ -14,7 +14,8 @@ from gateway.buckets import Limit
 from gateway.stores import StoreError, bucket_keys, create_store
 from gateway.stores.script import state_from_value
 from tests.stores.conftest import unique_client
-from tests.support.redis_server import HOST, RedisServer
+from tests.support.net import HOST
+from tests.support.redis_server import RedisServer
 from tests.support.upstream import free_port
 
 HOURLY = Limit.per(10, 1, 3600)

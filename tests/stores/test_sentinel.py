@@ -12,7 +12,8 @@ from gateway.buckets import Limit
 from gateway.stores import StoreError, bucket_keys, create_store
 from gateway.stores.script import state_from_value
 from tests.support.gateway import wait_until
-from tests.support.redis_server import HOST, RedisSentinel, RedisServer
+from tests.support.net import HOST
+from tests.support.redis_server import RedisSentinel, RedisServer
 
 HOURLY = Limit.per(10, 1, 3600)
 

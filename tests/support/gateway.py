@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,28 +15,11 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.support.upstream import free_port
+from tests.support.net import free_port, port_open, wait_until
+
+__all__ = ["ROOT", "Gateway", "port_open", "wait_until"]
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_until(
-    predicate: Any, timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> None:
-    """Polls ``predicate`` until it is true; fails the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 class Gateway:

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.redis_server import HOST, free_port, wait_for
+from tests.support.net import HOST, WaitTimeout, free_port, wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -105,7 +105,7 @@ class PrometheusServer:
             stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_for(self._ready, timeout=timeout, interval=0.05)
+        wait_until(self._ready, timeout=timeout, interval=0.05)
 
     def _ready(self) -> bool:
         assert self.process is not None
@@ -137,7 +137,7 @@ class PrometheusServer:
                 target["health"] == "up" for target in active
             )
 
-        wait_for(all_up, timeout=timeout, interval=0.1)
+        wait_until(all_up, timeout=timeout, interval=0.1)
 
     def query(self, expr: str) -> float | None:
         """The value of an instant query with at most one series, or None when it has none."""
@@ -161,8 +161,8 @@ class PrometheusServer:
             return (value,) if value is not None and predicate(value) else None
 
         try:
-            return wait_for(satisfied, timeout=timeout, interval=0.2)[0]
-        except TimeoutError:
+            return wait_until(satisfied, timeout=timeout, interval=0.2)[0]
+        except WaitTimeout:
             raise TimeoutError(
                 f"{expr!r} never satisfied the predicate in {timeout}s;"
                 f" last value {self.query(expr)}\n{self.log()}"

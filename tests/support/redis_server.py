@@ -23,12 +23,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from tests.support.gateway import wait_until
-from tests.support.upstream import free_port
+from tests.support.net import HOST, free_port, wait_until
 
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_CLI = "/usr/bin/redis-cli"
-HOST = "127.0.0.1"
 
 
 def _port_free(port: int) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,13 +23,11 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.support.net import free_port
+
+__all__ = ["LEAK", "Upstream", "free_port", "running_upstream"]
+
 LEAK = "SECRET-UPSTREAM-STACKTRACE at db-internal-7.corp:5432"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Upstream:
