@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import gcd
+from typing import NamedTuple
 
 MAX_UNITS = 2**52
 """Largest bucket capacity in units (``capacity * unit``) the Lua script handles exactly."""
@@ -84,8 +85,11 @@ class Limit:
         return cls(capacity, tokens, period_s)
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
+# Per-request values are NamedTuples: immutable like frozen dataclasses, but built by
+# tuple.__new__ instead of one object.__setattr__ per field (3x faster to create).
+
+
+class BucketState(NamedTuple):
     """What a store keeps per bucket; a missing bucket is full."""
 
     level: int
@@ -96,8 +100,7 @@ class BucketState:
     """Units per token of the limit it was written under (a reload may change the limit)."""
 
 
-@dataclass(frozen=True, slots=True)
-class BucketOutcome:
+class BucketOutcome(NamedTuple):
     """One bucket's side of a decision.
 
     ``wait_us`` is measured on the bucket before this request's debit: 0 when it
@@ -114,8 +117,7 @@ class BucketOutcome:
     """Microseconds until ``cost`` tokens are available; 0 when they are now."""
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """An all-or-nothing verdict over every bucket of a request."""
 
     allowed: bool
