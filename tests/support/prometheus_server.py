@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.net import HOST, WaitTimeout, free_port, wait_until
+from tests.support.net import HOST, WaitTimeout, free_port, stop_process, wait_until
 
 PROMETHEUS = "/usr/bin/prometheus"
 PROMTOOL = "/usr/bin/promtool"
@@ -171,12 +171,7 @@ class PrometheusServer:
     def stop(self) -> None:
         """Stop the server and remove its data."""
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            stop_process(self.process)
             self.process = None
         self._http.close()
         shutil.rmtree(self.dir, ignore_errors=True)
