@@ -47,6 +47,8 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level.upper())
+    # httpx logs every request at INFO: the health checks would fill the log.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))
     uvicorn_log = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, _AbortFilter) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_AbortFilter())
