@@ -437,8 +437,3 @@ class GatewayApp:
 
 _EMPTY = httpx.ByteStream(b"")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def create_app(config: GatewayConfig) -> GatewayApp:
-    """The gateway ASGI app for ``config`` (its runtime is built at lifespan startup)."""
-    return GatewayApp(config)

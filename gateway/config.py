@@ -36,7 +36,6 @@ KeyKind = Literal["client_ip", "header", "route", "global"]
 Balance = Literal["round_robin", "least_inflight"]
 
 RETRY_KINDS = frozenset({"connect_error", "timeout", "protocol_error"})
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

@@ -9,7 +9,7 @@ Upstream clients whose config did not change survive a reload untouched.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -152,7 +152,6 @@ class Runtime:
     unmatched: RouteMetrics  # the metrics of requests no route matched
     limiter: Limiter | None  # None: no Redis configured and no route rate limited
     inflight: int = 0
-    retired: bool = field(default=False)
 
 
 @dataclass(slots=True)

@@ -33,7 +33,6 @@ import httptools
 import httpx
 
 _HIGH_WATER = 256 * 1024  # pause reading the upstream beyond this many unsent bytes
-_LOW_WATER = 64 * 1024
 _CHUNK_END = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _IDLE_TIMEOUT = 60.0  # close keep-alive connections unused for this long

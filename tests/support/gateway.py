@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,20 +104,3 @@ class Gateway:
         self._log.close()
         self.proc = None
         return proc.returncode
-
-
-@contextmanager
-def running_gateway(config: dict[str, Any], workdir: Path, **kwargs: Any) -> Iterator[Gateway]:
-    gw = Gateway(config, workdir, **kwargs).start()
-    try:
-        yield gw
-    finally:
-        gw.stop()
-
-
-def simple_config(upstream_url: str, **route: Any) -> dict[str, Any]:
-    """One upstream ``app`` and one route ``app`` on ``/`` (overridable)."""
-    return {
-        "upstreams": {"app": {"targets": [upstream_url]}},
-        "routes": [{"name": "app", "path_prefix": "/", "upstream": "app", **route}],
-    }

@@ -17,15 +17,13 @@ import asyncio
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
 
 from tests.support.net import free_port
 
-__all__ = ["LEAK", "Upstream", "free_port", "running_upstream"]
+__all__ = ["LEAK", "Upstream", "free_port"]
 
 LEAK = "SECRET-UPSTREAM-STACKTRACE at db-internal-7.corp:5432"
 
@@ -170,12 +168,3 @@ class Upstream:
             self._thread.join(10)
             self._loop = None
             self._started.clear()
-
-
-@contextmanager
-def running_upstream(port: int | None = None) -> Iterator[Upstream]:
-    upstream = Upstream(port).start()
-    try:
-        yield upstream
-    finally:
-        upstream.stop()
