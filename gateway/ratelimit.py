@@ -33,7 +33,7 @@ from typing import Literal
 from gateway.buckets import Decision, Limit
 from gateway.config import PolicyConfig, RedisConfig
 from gateway.errors import RateLimited, RateLimiterUnavailable, Unauthorized
-from gateway.metrics import BackendMetrics, RateLimitMetrics
+from gateway.metrics import Metrics, RateLimitMetrics
 from gateway.stores import BucketStore, MemoryStore, StoreError, bucket_keys, create_store
 
 log = logging.getLogger("gateway.ratelimit")
@@ -223,7 +223,7 @@ class Limiter:
         self,
         config: RedisConfig,
         header_mode: HeaderMode,
-        backend_metrics: BackendMetrics,
+        metrics: Metrics,
         store: BucketStore | None = None,
     ) -> None:
         self.config = config
@@ -239,7 +239,7 @@ class Limiter:
         self.local = (
             MemoryStore(key_prefix=config.key_prefix) if config.on_error == "local" else None
         )
-        self.metrics = backend_metrics
+        self.metrics = metrics.for_backend(self.store.backend)  # the store names its backend
         self.metrics.up.set(1)
         self.down_until = 0.0  # monotonic time until which the store is not asked
         self.probing = False

@@ -173,12 +173,7 @@ def _limiter(config: GatewayConfig, metrics: Metrics, previous: Runtime | None) 
         return old if needed else None
     if not needed:
         return None
-    backend = (
-        "memory" if not config.redis.url else ("redis_cluster" if config.redis.cluster else "redis")
-    )
-    if config.redis.url.startswith("redis+sentinel:"):
-        backend = "redis_sentinel"
-    return Limiter(config.redis, mode, metrics.for_backend(backend))
+    return Limiter(config.redis, mode, metrics)
 
 
 def build_runtime(
