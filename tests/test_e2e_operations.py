@@ -127,6 +127,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(
     slow, result = _slow_request(gw)
     gw.signal(signal.SIGTERM)
     wait_until(lambda: not port_open(gw.port), timeout=5, what="stop accepting")
+    # Still draining: the admin port tells load balancers to stop sending.
+    ready = httpx.get(gw.admin_url + "/readyz", timeout=5)
+    assert ready.status_code == 503
+    assert ready.json()["not_ready"] == ["accepting"]
     slow.join(10)
     assert gw.proc is not None
     assert gw.proc.wait(15) == 0

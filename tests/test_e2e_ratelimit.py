@@ -132,6 +132,9 @@ def test_trusted_proxy_forwarded_client_gets_its_own_bucket(
         assert c.get("/echo", headers=a).status_code == 200
         assert c.get("/echo", headers=a).status_code == 429
         assert c.get("/echo", headers=b).status_code == 200
+    # A trusted proxy's chain is kept and its own address appended.
+    first = upstream.requests[0]["headers"]
+    assert [v for k, v in first if k == "x-forwarded-for"] == ["6.6.6.6, 198.51.100.1, 127.0.0.1"]
 
 
 def test_per_api_key_buckets_and_missing_key(
